@@ -1,4 +1,26 @@
-"""Plain element types: F32 (placeholder; the full family lands with issue 5)."""
+"""Plain element types: F32, F16, BF16, F64 and the integer types I8, I16, I32, I64.
+
+Each of these stores one value per "block", little-endian, with no scale. Rules:
+
+* F32: the IEEE binary32 bits, stored as they are. Encode and decode MUST be the identity on all
+  2^32 bit patterns (NaN payloads included).
+* F16: IEEE binary16. Encoding MUST round to nearest, ties to even, produce subnormals, overflow to
+  +-inf from 65520 up, and turn every NaN into the quiet NaN ``sign | 0x7E00`` (ggml's
+  ``ggml_compute_fp32_to_fp16`` drops the payload). Decoding is exact for every finite value and
+  infinity; a NaN decodes to a quiet binary32 NaN whose top mantissa bits are the half's mantissa
+  (ggml's ``ggml_compute_fp16_to_fp32`` computes NaNs through a float multiply, which quiets a
+  signalling NaN on x86).
+* BF16: the top 16 bits of binary32. Encoding MUST round to nearest, ties to even, computed on the
+  bits (so large finite values round up to infinity) and MUST keep a NaN's sign and top payload bits
+  while setting the quiet bit (``bits >> 16 | 0x40``). Decoding shifts the 16 bits back up: exact.
+* F64: IEEE binary64. qformat's codec contract is float32 in and out, so encoding widens float32
+  exactly and decoding rounds to the nearest float32 (values past float32's range become +-inf).
+* I8, I16, I32, I64: two's-complement integers. ggml has no converter for them; qformat decodes them
+  to float32 by value (rounded to nearest where |v| > 2^24) and does not encode them: no rule says
+  how a float should become an integer tensor, so qformat refuses rather than guess.
+
+F32/F16/BF16/F64 accept inf and NaN input (``finite_only=False``).
+"""
 from __future__ import annotations
 
 import numpy as np
@@ -7,12 +29,121 @@ from ..types import QType
 from . import Codec, register
 
 
+def _column(values: np.ndarray) -> np.ndarray:
+    """A flat float32 array as the registry's ``(nblocks, 1)`` output."""
+    return values.astype(np.float32, copy=False).reshape(-1, 1)
+
+
+def _bytes_of(words: np.ndarray, dtype: str) -> np.ndarray:
+    """Little-endian bytes of one value per row: ``(n, itemsize)`` uint8."""
+    le = np.ascontiguousarray(words, dtype=dtype)
+    return le.view(np.uint8).reshape(le.shape[0], np.dtype(dtype).itemsize)
+
+
+def _words(blocks: np.ndarray, dtype: str) -> np.ndarray:
+    return np.ascontiguousarray(blocks).view(dtype).reshape(-1)
+
+
+# --- F32 -------------------------------------------------------------------------------------
+
 def _f32_encode(x, *, mode="ggml", weights=None):
-    return np.ascontiguousarray(x, dtype="<f4").view(np.uint8).reshape(x.shape[0], 4)
+    return _bytes_of(np.asarray(x, dtype=np.float32).reshape(-1).view(np.uint32), "<u4")
 
 
 def _f32_decode(blocks):
-    return np.ascontiguousarray(blocks).view("<f4").astype(np.float32).reshape(-1, 1)
+    # go through the integer bits so that no float operation can touch a NaN payload
+    return _words(blocks, "<u4").astype(np.uint32).view(np.float32).reshape(-1, 1)
 
 
-register(Codec(QType.F32, _f32_decode, _f32_encode, finite_only=False))
+# --- F16 -------------------------------------------------------------------------------------
+
+_F16_QUIET_NAN = np.uint16(0x7E00)
+
+
+def fp32_to_fp16_bits(x: np.ndarray) -> np.ndarray:
+    """ggml's fp32 -> fp16 conversion as uint16 bits (round to nearest even; NaN -> sign|0x7E00)."""
+    x = np.asarray(x, dtype=np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):
+        bits = x.astype(np.float16).view(np.uint16)
+    nan = np.isnan(x)
+    if nan.any():
+        sign = (x.view(np.uint32) >> np.uint32(16)).astype(np.uint16) & np.uint16(0x8000)
+        bits = np.where(nan, sign | _F16_QUIET_NAN, bits)
+    return bits
+
+
+def fp16_bits_to_fp32(bits: np.ndarray) -> np.ndarray:
+    """ggml's fp16 -> fp32 conversion of uint16 bits (exact; NaNs come out quiet)."""
+    bits = np.asarray(bits, dtype=np.uint16)
+    out = bits.view(np.float16).astype(np.float32)
+    nan = (bits & np.uint16(0x7C00)) == np.uint16(0x7C00)
+    nan &= (bits & np.uint16(0x03FF)) != 0
+    if nan.any():
+        wide = bits.astype(np.uint32)
+        quiet = ((wide & np.uint32(0x8000)) << np.uint32(16)) | np.uint32(0x7FC00000)
+        quiet |= (wide & np.uint32(0x03FF)) << np.uint32(13)
+        out = np.where(nan, quiet.view(np.float32), out)
+    return out
+
+
+def _f16_encode(x, *, mode="ggml", weights=None):
+    return _bytes_of(fp32_to_fp16_bits(np.asarray(x).reshape(-1)), "<u2")
+
+
+def _f16_decode(blocks):
+    return _column(fp16_bits_to_fp32(_words(blocks, "<u2")))
+
+
+# --- BF16 ------------------------------------------------------------------------------------
+
+def fp32_to_bf16_bits(x: np.ndarray) -> np.ndarray:
+    """ggml's ``ggml_compute_fp32_to_bf16`` as uint16 bits."""
+    u = np.asarray(x, dtype=np.float32).view(np.uint32)
+    # round to nearest even on the bits: add 0x7FFF plus the lowest kept bit, then truncate
+    rounded = (u + (np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1)))) >> np.uint32(16)
+    nan = (u & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000)
+    quiet = (u >> np.uint32(16)) | np.uint32(0x40)
+    return np.where(nan, quiet, rounded).astype(np.uint16)
+
+
+def bf16_bits_to_fp32(bits: np.ndarray) -> np.ndarray:
+    return (np.asarray(bits, dtype=np.uint16).astype(np.uint32) << np.uint32(16)).view(np.float32)
+
+
+def _bf16_encode(x, *, mode="ggml", weights=None):
+    return _bytes_of(fp32_to_bf16_bits(np.asarray(x).reshape(-1)), "<u2")
+
+
+def _bf16_decode(blocks):
+    return _column(bf16_bits_to_fp32(_words(blocks, "<u2")))
+
+
+# --- F64 -------------------------------------------------------------------------------------
+
+def _f64_encode(x, *, mode="ggml", weights=None):
+    return _bytes_of(np.asarray(x, dtype=np.float32).reshape(-1).astype(np.float64), "<f8")
+
+
+def _f64_decode(blocks):
+    with np.errstate(over="ignore"):
+        return _column(_words(blocks, "<f8").astype(np.float32))
+
+
+# --- integers --------------------------------------------------------------------------------
+
+def _int_decoder(dtype: str):
+    def decode(blocks):
+        return _column(_words(blocks, dtype).astype(np.float32))
+
+    decode.__name__ = f"_{np.dtype(dtype).name}_decode"
+    return decode
+
+
+register(Codec(QType.F32, _f32_decode, _f32_encode, finite_only=False, doc="IEEE binary32, identity"))
+register(Codec(QType.F16, _f16_decode, _f16_encode, finite_only=False, doc="IEEE binary16, ggml rounding"))
+register(Codec(QType.I8, _int_decoder("<i1"), None, doc="int8, decode only"))
+register(Codec(QType.I16, _int_decoder("<i2"), None, doc="int16, decode only"))
+register(Codec(QType.I32, _int_decoder("<i4"), None, doc="int32, decode only"))
+register(Codec(QType.I64, _int_decoder("<i8"), None, doc="int64, decode only"))
+register(Codec(QType.F64, _f64_decode, _f64_encode, finite_only=False, doc="IEEE binary64 <-> float32"))
+register(Codec(QType.BF16, _bf16_decode, _bf16_encode, finite_only=False, doc="bfloat16, ggml rounding"))
