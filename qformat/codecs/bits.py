@@ -1,0 +1,126 @@
+"""Bit-level helpers shared by the block codecs: fp16 fields, nibble planes, k-quant 6-bit scales.
+
+Every function here is a pure re-arrangement of bits (or ggml's exact fp32 -> fp16 rounding), so
+codecs built from them stay byte-identical to ggml. Layout rules they implement:
+
+* fp16 fields are IEEE binary16, little-endian. ggml rounds fp32 -> fp16 to nearest, ties to even;
+  values past the fp16 range become +-inf and a NaN becomes the quiet NaN ``0x7E00`` with its sign.
+* k-quant nibble planes (Q4_K, Q5_K): a super-block's 256 codes are stored in chunks of 64; byte
+  ``j`` (0..31) of chunk ``c`` holds code ``64c + j`` in its LOW nibble and ``64c + 32 + j`` in its
+  HIGH nibble.
+* k-quant 6-bit scale/min packing (``get_scale_min_k4`` in ggml): eight 6-bit scales ``sc[0..7]``
+  and eight 6-bit mins ``m[0..7]`` MUST fit 12 bytes as::
+
+      byte  0..3 : [ m/sc hi | sc[j] (6 bits) ]    bits 7-6 = sc[j+4] >> 4,  bits 5-0 = sc[j]
+      byte  4..7 : [ m hi    | m[j]  (6 bits) ]    bits 7-6 = m[j+4]  >> 4,  bits 5-0 = m[j]
+      byte  8..11: [ m[j+4] & 15 | sc[j+4] & 15 ]  high nibble = m low bits, low nibble = sc low bits
+"""
+from __future__ import annotations
+
+import numpy as np
+
+_U32 = np.uint32
+
+
+# --- fp16 -----------------------------------------------------------------------------------
+
+def fp32_to_fp16_bits(x: np.ndarray) -> np.ndarray:
+    """ggml's ``GGML_FP32_TO_FP16`` on float32 values -> uint16 bit patterns.
+
+    Mirrors ggml's portable routine (scale to push the rounding bit into place, add a bias whose
+    exponent selects the fp16 grid, read the bits back) so NaN payloads and overflow behave as in C.
+    """
+    f = np.ascontiguousarray(x, dtype=np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):
+        base = (np.abs(f) * np.float32(2.0**112)) * np.float32(2.0**-110)
+    w = f.view(_U32)
+    shl1_w = (w + w).astype(_U32)  # wraps mod 2^32 like C's uint32_t
+    sign = w & _U32(0x80000000)
+    bias = np.maximum(shl1_w & _U32(0xFF000000), _U32(0x71000000))
+    base = ((bias >> _U32(1)) + _U32(0x07800000)).view(np.float32) + base
+    bits = base.view(_U32)
+    exp_bits = (bits >> _U32(13)) & _U32(0x00007C00)
+    mantissa_bits = bits & _U32(0x00000FFF)
+    nonsign = exp_bits + mantissa_bits
+    out = (sign >> _U32(16)) | np.where(shl1_w > _U32(0xFF000000), _U32(0x7E00), nonsign)
+    return out.astype(np.uint16)
+
+
+def fp16_bits_to_fp32(h: np.ndarray) -> np.ndarray:
+    """uint16 fp16 bit patterns -> float32 (exact; every fp16 value is a float32 value)."""
+    return np.ascontiguousarray(h, dtype=np.uint16).view(np.float16).astype(np.float32)
+
+
+def read_fp16(blocks: np.ndarray, offset: int) -> np.ndarray:
+    """The little-endian fp16 field at byte ``offset`` of each block row, as float32 ``(nblocks,)``."""
+    raw = np.ascontiguousarray(blocks[:, offset:offset + 2])
+    return raw.view("<f2").reshape(-1).astype(np.float32)
+
+
+def write_fp16(out: np.ndarray, offset: int, value_bits: np.ndarray) -> None:
+    """Store uint16 fp16 bit patterns little-endian at byte ``offset`` of each block row of ``out``."""
+    v = np.asarray(value_bits, dtype=np.uint16)
+    out[:, offset] = (v & 0xFF).astype(np.uint8)
+    out[:, offset + 1] = (v >> 8).astype(np.uint8)
+
+
+# --- k-quant nibble planes --------------------------------------------------------------------
+
+def unpack_nibbles_k(qs: np.ndarray) -> np.ndarray:
+    """uint8 ``(n, 128)`` nibble bytes -> uint8 codes ``(n, 256)`` in element order (see module doc)."""
+    q = qs.reshape(-1, 4, 1, 32)
+    out = np.empty((q.shape[0], 4, 2, 32), dtype=np.uint8)
+    np.bitwise_and(q[:, :, 0], 0x0F, out=out[:, :, 0])
+    np.right_shift(q[:, :, 0], 4, out=out[:, :, 1])
+    return out.reshape(-1, 256)
+
+
+def pack_nibbles_k(codes: np.ndarray) -> np.ndarray:
+    """uint8 codes ``(n, 256)`` with values < 16 -> nibble bytes ``(n, 128)`` (inverse of unpack)."""
+    c = codes.reshape(-1, 4, 2, 32)
+    return (c[:, :, 0] | (c[:, :, 1] << 4)).astype(np.uint8).reshape(-1, 128)
+
+
+def unpack_high_bits_k(qh: np.ndarray) -> np.ndarray:
+    """Q5_K high-bit plane: uint8 ``(n, 32)`` -> bit 4 of each of 256 codes as uint8 ``(n, 256)`` (0 or 16).
+
+    Bit ``2c`` of ``qh[j]`` is the high bit of code ``64c + j``, bit ``2c + 1`` that of ``64c + 32 + j``.
+    """
+    shifts = np.arange(8, dtype=np.uint8).reshape(1, 8, 1)  # (chunk c, half h) -> bit 2c + h
+    bits = (qh.reshape(-1, 1, 32) >> shifts) & 1
+    return (bits << 4).astype(np.uint8).reshape(-1, 256)
+
+
+def pack_high_bits_k(codes: np.ndarray) -> np.ndarray:
+    """Bit 4 of each of 256 codes ``(n, 256)`` -> the Q5_K ``qh`` plane ``(n, 32)``."""
+    hi = ((codes.reshape(-1, 8, 32) >> 4) & 1).astype(np.uint8)
+    out = np.zeros((hi.shape[0], 32), dtype=np.uint8)
+    for bit in range(8):
+        out |= hi[:, bit] << bit
+    return out
+
+
+# --- k-quant 6-bit scales and mins --------------------------------------------------------------
+
+def unpack_scale_min_k4(scales: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """12-byte packed fields ``(n, 12)`` -> (scales ``(n, 8)``, mins ``(n, 8)``) as uint8 6-bit values."""
+    s = scales.reshape(-1, 12)
+    lo, mid, hi = s[:, 0:4], s[:, 4:8], s[:, 8:12]
+    sc = np.empty((s.shape[0], 8), dtype=np.uint8)
+    mn = np.empty((s.shape[0], 8), dtype=np.uint8)
+    sc[:, :4] = lo & 63
+    mn[:, :4] = mid & 63
+    sc[:, 4:] = (hi & 0x0F) | ((lo >> 6) << 4)
+    mn[:, 4:] = (hi >> 4) | ((mid >> 6) << 4)
+    return sc, mn
+
+
+def pack_scale_min_k4(sc: np.ndarray, mn: np.ndarray) -> np.ndarray:
+    """(scales ``(n, 8)``, mins ``(n, 8)``), each value < 64 -> the 12 packed bytes ``(n, 12)``."""
+    sc = np.asarray(sc, dtype=np.uint8)
+    mn = np.asarray(mn, dtype=np.uint8)
+    out = np.empty((sc.shape[0], 12), dtype=np.uint8)
+    out[:, 0:4] = sc[:, :4] | ((sc[:, 4:] >> 4) << 6)
+    out[:, 4:8] = mn[:, :4] | ((mn[:, 4:] >> 4) << 6)
+    out[:, 8:12] = (sc[:, 4:] & 0x0F) | ((mn[:, 4:] & 0x0F) << 4)
+    return out

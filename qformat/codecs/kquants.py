@@ -1,0 +1,210 @@
+"""The k-quant family: 256-value super-blocks split into sub-blocks with quantized scales.
+
+Common rules (ggml ``ggml-common.h`` / ``ggml-quants.c``):
+
+* A super-block holds ``QK_K = 256`` values; every k-quant block MUST be exactly its
+  :data:`qformat.types.BLOCK` size. fp16 fields are little-endian binary16.
+* Q4_K and Q5_K split a super-block into 8 sub-blocks of 32 values. Sub-block ``j`` decodes as
+  ``(d * sc[j]) * q - (dmin * m[j])`` with ``d``/``dmin`` the fp16 super-block scales, ``sc``/``m``
+  the 6-bit sub-block scale and min (packed in 12 bytes, see :mod:`qformat.codecs.bits`) and ``q``
+  the 4-bit (Q4_K) or 5-bit (Q5_K) code; each product and the difference are rounded to float32
+  in that order (so decoding is bit-identical to ggml's ``dequantize_row_q4_K``/``_q5_K``).
+* Mode ``"ggml"`` encoders MUST be byte-identical to ggml: without importance weights to
+  ``quantize_row_<t>_ref`` (what ``llama-quantize`` does without an imatrix), with them to
+  ``quantize_<t>`` (``quantize_row_<t>_impl``). The specs in ``spec/codecs/q4_k.md`` and ``q5_k.md``
+  describe the encoders in words.
+
+Every array here is float32 or uint8; the searches live in :mod:`qformat.search.ggml`.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+
+from ..errors import CodecError
+from ..search.ggml import make_qkx2_quants, make_qkx3_quants, make_qp_quants, nearest_int, seqsum
+from ..types import QType
+from . import Codec, register
+from .bits import (
+    fp16_bits_to_fp32,
+    fp32_to_fp16_bits,
+    pack_high_bits_k,
+    pack_nibbles_k,
+    pack_scale_min_k4,
+    read_fp16,
+    unpack_high_bits_k,
+    unpack_nibbles_k,
+    unpack_scale_min_k4,
+    write_fp16,
+)
+
+f32 = np.float32
+QK_K = 256
+
+
+# ==== shared helpers: 8 x 32 sub-blocks with 6-bit scales and mins (Q4_K, Q5_K) ====================
+
+def _columns(x: np.ndarray, group: int) -> np.ndarray:
+    """``(nblocks, 256)`` -> ``(group, nblocks * 256 // group)``: each sub-block becomes a column."""
+    return np.ascontiguousarray(x.reshape(-1, group).T)
+
+
+def _rows(cols: np.ndarray, group: int) -> np.ndarray:
+    """Inverse of :func:`_columns`: ``(group, nsub)`` -> ``(nsub * group // 256, 256)``."""
+    return np.ascontiguousarray(cols.T).reshape(-1, QK_K)
+
+
+def _decode_scale_min(blocks: np.ndarray):
+    """Per-sub-block float32 ``(d * sc, dmin * m)``, each ``(nblocks, 8)``, from bytes 0..15."""
+    d = read_fp16(blocks, 0)
+    dmin = read_fp16(blocks, 2)
+    sc, m = unpack_scale_min_k4(blocks[:, 4:16])
+    with np.errstate(invalid="ignore"):  # inf * 0 is NaN, as in C
+        return d[:, None] * sc.astype(np.float32), dmin[:, None] * m.astype(np.float32)
+
+
+def _decode_sm(blocks: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """``(d * sc) * q - (dmin * m)`` per sub-block of 32, for codes ``(nblocks, 256)``."""
+    dsc, dm = _decode_scale_min(blocks)
+    q = codes.reshape(-1, 8, 32).astype(np.float32)
+    y = q * dsc[:, :, None]
+    y -= dm[:, :, None]
+    return y.reshape(-1, QK_K)
+
+
+def _ref_weights(xc: np.ndarray) -> np.ndarray:
+    """Reference-encoder weights of each value in a 32-column: ``rms(sub-block) + |x|``."""
+    sum_x2 = seqsum(xc * xc)
+    av_x = np.sqrt(sum_x2 / f32(32))
+    return av_x + np.abs(xc)
+
+
+def _impl_weights(x: np.ndarray, xc: np.ndarray, qw: Optional[np.ndarray]) -> np.ndarray:
+    """Weights of the imatrix encoder (``quantize_row_<t>_impl``), laid out like ``xc`` (32, nsub).
+
+    With importance ``qw``: ``qw * sqrt(sigma2 + x^2)`` where ``sigma2 = 2 * sum(x^2) / 256`` over the
+    super-block; without: ``sqrt(sigma2) + |x|``.
+    """
+    xt = np.ascontiguousarray(x.T)  # (256, nblocks): one super-block per column
+    sigma2 = f32(2) * seqsum(xt * xt) / f32(QK_K)
+    sig_cols = np.repeat(sigma2, QK_K // 32)[None, :]  # one value per sub-block column
+    if qw is None:
+        return np.sqrt(sig_cols) + np.abs(xc)
+    return _columns(qw, 32) * np.sqrt(sig_cols + xc * xc)
+
+
+def _scale_max(v: np.ndarray) -> np.ndarray:
+    """``max`` over each super-block's 8 sub-block values, counting only values > 0 (ggml's loop)."""
+    return np.where(v > 0, v, f32(0)).max(axis=1)
+
+
+def _quantize_6bit(v: np.ndarray, vmax: np.ndarray) -> np.ndarray:
+    """ggml's ``MIN(63, (uint8_t)nearest_int(63/vmax * v))``, 0 where ``vmax`` is not > 0."""
+    with np.errstate(divide="ignore", over="ignore"):
+        inv = np.where(vmax > 0, f32(63) / vmax, f32(0))
+    return np.minimum(nearest_int(inv[:, None] * v) & 0xFF, 63).astype(np.uint8)
+
+
+def _final_codes(x: np.ndarray, head: np.ndarray, search_codes: np.ndarray, nmax: int) -> np.ndarray:
+    """Re-round every value against its stored (fp16, 6-bit) scale and min.
+
+    ``nearest_int((x + dmin*m) / (d*sc))`` clamped to ``0..nmax``; a sub-block whose ``d*sc`` is
+    exactly zero keeps the codes the search produced (ggml skips it).
+    """
+    dsc, dm = _decode_scale_min(head)
+    xs = x.reshape(-1, 8, 32)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        q = np.clip(nearest_int((xs + dm[:, :, None]) / dsc[:, :, None]), 0, nmax)
+    keep = (dsc == 0)[:, :, None]
+    return np.where(keep, search_codes.reshape(-1, 8, 32), q).astype(np.uint8).reshape(-1, QK_K)
+
+
+def _head(d_bits: np.ndarray, dmin_bits: np.ndarray, packed_scales: np.ndarray) -> np.ndarray:
+    """The first 16 bytes shared by Q4_K and Q5_K: d, dmin (fp16) and the 12 scale/min bytes."""
+    head = np.empty((d_bits.shape[0], 16), dtype=np.uint8)
+    write_fp16(head, 0, d_bits)
+    write_fp16(head, 2, dmin_bits)
+    head[:, 4:16] = packed_scales
+    return head
+
+
+def _encode_sm_ref(x: np.ndarray, nmax: int, rmin: float, rdelta: float, nstep: int):
+    """``quantize_row_q4_K_ref`` / ``_q5_K_ref`` up to the codes: returns (16-byte head, codes)."""
+    xc = _columns(x, 32)
+    codes, scales, mins = make_qkx2_quants(xc, _ref_weights(xc), nmax, rmin, rdelta, nstep)
+    scales = scales.reshape(-1, 8)
+    mins = mins.reshape(-1, 8)
+    max_scale = _scale_max(scales)
+    max_min = _scale_max(mins)
+    ls = _quantize_6bit(scales, max_scale)
+    lm = _quantize_6bit(mins, max_min)
+    head = _head(fp32_to_fp16_bits(max_scale / f32(63)), fp32_to_fp16_bits(max_min / f32(63)),
+                 pack_scale_min_k4(ls, lm))
+    return head, _final_codes(x, head, _rows(codes, 32), nmax)
+
+
+def _encode_sm_impl(x: np.ndarray, qw: Optional[np.ndarray], nmax: int, clamp_scales: bool):
+    """``quantize_row_q4_K_impl`` / ``_q5_K_impl`` up to the codes: returns (16-byte head, codes)."""
+    xc = _columns(x, 32)
+    w = _impl_weights(x, xc, qw)
+    sw = seqsum(w).reshape(-1, 8)
+    codes, scales, mins = make_qkx3_quants(xc, w, nmax, -0.9, 0.05, 36)
+    swt = np.ascontiguousarray(sw.T)
+    ls, d_block = make_qp_quants(np.ascontiguousarray(scales.reshape(-1, 8).T), 63, swt)
+    lm, m_block = make_qp_quants(np.ascontiguousarray(mins.reshape(-1, 8).T), 63, swt)
+    ls, lm = ls.T, lm.T
+    if clamp_scales:  # Q5_K's impl clamps to 63 before packing; Q4_K's packs the codes as they are
+        ls, lm = np.minimum(ls, 63), np.minimum(lm, 63)
+    head = _head(fp32_to_fp16_bits(d_block), fp32_to_fp16_bits(m_block), pack_scale_min_k4(ls, lm))
+    return head, _final_codes(x, head, _rows(codes, 32), nmax)
+
+
+def _encode_sm(x: np.ndarray, mode: str, weights: Optional[np.ndarray], nmax: int, ref_search: tuple,
+               clamp_scales: bool):
+    """Dispatch between the reference encoder (no weights) and the importance-weighted one."""
+    if mode != "ggml":
+        raise CodecError(f"unknown k-quant encode mode {mode!r}")
+    if weights is None:
+        return _encode_sm_ref(x, nmax, *ref_search)
+    return _encode_sm_impl(x, weights, nmax, clamp_scales)
+
+
+# ==== Q4_K: d fp16 @0 | dmin fp16 @2 | scales[12] @4 | qs[128] @16 (144 bytes) =====================
+
+def _q4_k_decode(blocks: np.ndarray) -> np.ndarray:
+    return _decode_sm(blocks, unpack_nibbles_k(blocks[:, 16:144]))
+
+
+def _q4_k_encode(x: np.ndarray, *, mode: str = "ggml", weights: Optional[np.ndarray] = None) -> np.ndarray:
+    # search: rmin -1, rdelta 0.1, 20 steps; the impl packs its 6-bit codes unclamped
+    head, codes = _encode_sm(x, mode, weights, 15, (-1.0, 0.1, 20), clamp_scales=False)
+    out = np.empty((x.shape[0], 144), dtype=np.uint8)
+    out[:, :16] = head
+    out[:, 16:] = pack_nibbles_k(codes)
+    return out
+
+
+register(Codec(QType.Q4_K, _q4_k_decode, _q4_k_encode, modes=("ggml",), weighted=True,
+               doc="4.5 bpw: 8 x 32 sub-blocks, 6-bit scales and mins, 4-bit codes"))
+
+
+# ==== Q5_K: d fp16 @0 | dmin fp16 @2 | scales[12] @4 | qh[32] @16 | qs[128] @48 (176 bytes) =========
+
+def _q5_k_decode(blocks: np.ndarray) -> np.ndarray:
+    codes = unpack_nibbles_k(blocks[:, 48:176]) | unpack_high_bits_k(blocks[:, 16:48])
+    return _decode_sm(blocks, codes)
+
+
+def _q5_k_encode(x: np.ndarray, *, mode: str = "ggml", weights: Optional[np.ndarray] = None) -> np.ndarray:
+    # search: rmin -0.5, rdelta 0.1, 15 steps; the impl clamps its 6-bit codes to 63
+    head, codes = _encode_sm(x, mode, weights, 31, (-0.5, 0.1, 15), clamp_scales=True)
+    out = np.empty((x.shape[0], 176), dtype=np.uint8)
+    out[:, :16] = head
+    out[:, 16:48] = pack_high_bits_k(codes)
+    out[:, 48:] = pack_nibbles_k(codes & 0x0F)
+    return out
+
+
+register(Codec(QType.Q5_K, _q5_k_decode, _q5_k_encode, modes=("ggml",), weighted=True,
+               doc="5.5 bpw: 8 x 32 sub-blocks, 6-bit scales and mins, 5-bit codes"))
