@@ -162,3 +162,4 @@ def dequantize(data, qtype: QTypeLike) -> np.ndarray:
 # The families, in id order of their first member. Each module calls register() on import.
 from . import floats  # noqa: E402,F401
 from . import kquants  # noqa: E402,F401
+from . import legacy  # noqa: E402,F401

@@ -1,0 +1,317 @@
+"""The legacy block types: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q8_1 (blocks of 32) and Q1_0 (blocks of 128).
+
+Layouts (all multi-byte fields little-endian; ``d``, ``m``, ``s`` are IEEE binary16)::
+
+    Q4_0  18 B: d | qs[16]                 x[j] = (q[j] - 8) * d
+    Q4_1  20 B: d | m | qs[16]             x[j] = q[j] * d + m
+    Q5_0  22 B: d | qh[4] | qs[16]         x[j] = (q[j] - 16) * d
+    Q5_1  24 B: d | m | qh[4] | qs[16]     x[j] = q[j] * d + m
+    Q8_0  34 B: d | qs[32] (int8)          x[j] = q[j] * d
+    Q8_1  36 B: d | s | qs[32] (int8)      (s = d * sum(q); no decoder in ggml, see below)
+    Q1_0  18 B: d | qs[16] (128 bits)      x[j] = +d if bit j else -d
+
+* 4-bit codes: byte ``qs[j]`` (j < 16) MUST hold code ``j`` in its low nibble and code ``j + 16`` in
+  its high nibble.
+* 5-bit codes: the low four bits as above; bit ``j`` of the 32-bit word ``qh`` is bit 4 of code ``j``.
+* Q1_0: bit ``j % 8`` (LSB first) of byte ``j // 8`` is the sign of value ``j`` (1 = non-negative).
+* Decoding MUST compute in float32 in ggml's order: ``float(q) * d`` then ``+ m`` (two roundings,
+  never fused).
+
+Reference encoders (byte-identical to ggml's ``quantize_row_<t>_ref``, which llama-quantize uses
+without an importance matrix); every step is float32:
+
+* Q4_0/Q5_0: ``max`` = the first value of largest magnitude, *with its sign*; ``d = max / -8``
+  (``-16``), so the extreme lands exactly on the code ``-8`` (``-16``), the end of the range that has
+  no positive twin; code = ``min(15, trunc(x/d + 8.5))`` (31, 16.5), with ``x/d`` computed as
+  ``x * (1/d)`` and ``1/d`` taken as 0 when ``d`` is 0.
+* Q4_1/Q5_1: ``d = (max - min) / 15`` (31), ``m = min``; code = ``trunc((x - min) * (1/d) + 0.5)``,
+  capped at 15 for Q4_1 (Q5_1 keeps only the low 5 bits).
+* Q8_0/Q8_1: ``d = amax / 127``; code = ``roundf(x * (1/d))`` (half away from zero). Q8_1 also
+  stores ``s = float(sum of codes) * d``.
+* Q1_0: ``d`` = (sequential float32 sum of ``|x|``) / 128; bit = ``x >= 0`` (so -0.0 gives 1).
+* Conversions of a float to a C integer follow x86: truncate toward zero, and a NaN, an infinity or
+  a value outside int32 becomes INT_MIN (low byte 0); only the low byte of the result is stored.
+  This matters only where ``1/d`` overflows (subnormal inputs).
+
+ggml has no ``dequantize_row_q8_1`` (Q8_1 only holds activations for dot products), so there is
+nothing to check a Q8_1 decoder against: qformat makes Q8_1 encode-only.
+
+Importance-weighted encoding (ggml's ``quantize_q4_0`` etc. given an imatrix) is registered for
+Q4_0/Q4_1/Q5_0/Q5_1 only when it is available (see the bottom of this module). ggml ignores an
+imatrix for Q8_0 and Q1_0; qformat rejects one for them rather than silently ignore it.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..types import QType
+from . import Codec, register
+from .floats import fp16_bits_to_fp32, fp32_to_fp16_bits
+
+f32 = np.float32
+
+_INT_MIN = np.int64(-(2**31))
+
+
+# --- small helpers: fp16 fields, C conversions, bit planes ----------------------------------
+
+def _get_f16(blocks: np.ndarray, offset: int) -> np.ndarray:
+    """The fp16 field at ``offset`` of every block, as float32 ``(nblocks, 1)``."""
+    raw = np.ascontiguousarray(blocks[:, offset:offset + 2]).view("<u2").reshape(-1)
+    return fp16_bits_to_fp32(raw).reshape(-1, 1)
+
+
+def _put_f16(out: np.ndarray, offset: int, values: np.ndarray) -> None:
+    """Store float32 ``values`` (one per block) as fp16 at byte ``offset`` of every block."""
+    bits = fp32_to_fp16_bits(values.reshape(-1))
+    out[:, offset:offset + 2] = bits.astype("<u2").view(np.uint8).reshape(-1, 2)
+
+
+def _c_int(v: np.ndarray) -> np.ndarray:
+    """C's float -> int conversion as x86 executes it: truncate; NaN, inf or out of range -> INT_MIN."""
+    with np.errstate(invalid="ignore"):
+        ok = np.abs(v) < f32(2.0**31)  # False for NaN and inf
+        t = np.trunc(np.where(ok, v, f32(0))).astype(np.int64)
+    return np.where(ok, t, _INT_MIN)
+
+
+def _c_int8(v: np.ndarray) -> np.ndarray:
+    """``(int8_t)v`` for a float ``v``: the low byte of the int32 conversion, as a signed value."""
+    return (_c_int(v) & 0xFF).astype(np.uint8).view(np.int8).astype(np.int64)
+
+
+def _roundf(v: np.ndarray) -> np.ndarray:
+    """C ``roundf``: to nearest, halves away from zero (exact: ``v - trunc(v)`` is exact in float32)."""
+    t = np.trunc(v)
+    frac = v - t
+    return t + np.where(frac >= f32(0.5), f32(1), np.where(frac <= f32(-0.5), f32(-1), f32(0)))
+
+
+def _pack_halves(codes: np.ndarray) -> np.ndarray:
+    """32 codes per row -> 16 bytes: ``code[j] | code[j+16] << 4`` kept to 8 bits, as C's uint8 store."""
+    c = codes.astype(np.uint8)
+    return (c[:, :16] | (c[:, 16:] << 4)).astype(np.uint8)
+
+
+def _unpack_halves(qs: np.ndarray) -> np.ndarray:
+    """16 nibble bytes per row -> 32 codes (inverse of :func:`_pack_halves`)."""
+    return np.concatenate([qs & 0x0F, qs >> 4], axis=1)
+
+
+def _pack_bit4(codes: np.ndarray) -> np.ndarray:
+    """Bit 4 of each of 32 codes -> the 4-byte little-endian ``qh`` word (bit j = code j)."""
+    return np.packbits((codes.astype(np.uint8) >> 4) & 1, axis=1, bitorder="little")
+
+
+def _unpack_bit4(qh: np.ndarray) -> np.ndarray:
+    """The ``qh`` word -> bit 4 of each of the 32 codes, as 0 or 16."""
+    return np.unpackbits(qh, axis=1, bitorder="little") << 4
+
+
+def _inverse(d: np.ndarray) -> np.ndarray:
+    """``d ? 1.0f/d : 0.0f``."""
+    with np.errstate(divide="ignore", over="ignore"):
+        return np.where(d != 0, f32(1) / np.where(d != 0, d, f32(1)), f32(0)).astype(np.float32)
+
+
+def _signed_absmax(x: np.ndarray) -> np.ndarray:
+    """Per row, the first value of largest magnitude with its sign (``+0.0`` for an all-zero row)."""
+    ax = np.abs(x)
+    idx = np.argmax(ax, axis=1)
+    rows = np.arange(x.shape[0])
+    return np.where(ax[rows, idx] > 0, x[rows, idx], f32(0)).reshape(-1, 1)
+
+
+def _first_extreme(x: np.ndarray, pick) -> np.ndarray:
+    """The first element equal to the row's min (or max): the value C's strict ``<`` scan keeps.
+
+    Matters only for the sign of a zero, which the fp16 ``m`` field stores.
+    """
+    idx = pick(x, axis=1)
+    return x[np.arange(x.shape[0]), idx].reshape(-1, 1)
+
+
+def _ieee_quiet(fn):
+    """Run ``fn`` without numpy warnings: inf and NaN scales (from arbitrary bytes, or overflowing
+    sums of huge inputs) propagate by IEEE rules exactly as in C, and that is the intended result."""
+
+    def wrapped(*args, **kwargs):
+        with np.errstate(all="ignore"):
+            return fn(*args, **kwargs)
+
+    wrapped.__name__, wrapped.__doc__ = fn.__name__, fn.__doc__
+    return wrapped
+
+
+# --- Q4_0 / Q5_0: symmetric, scale from the signed extreme --------------------------------
+
+def _symmetric_codes(x: np.ndarray, half: int) -> tuple[np.ndarray, np.ndarray]:
+    """(d (n,1), codes (n,32) in 0..2*half-1) of quantize_row_q4_0_ref (half=8) / q5_0 (half=16)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        d = (_signed_absmax(x) / f32(-half)).astype(np.float32)
+        v = x * _inverse(d) + f32(half + 0.5)
+    codes = np.minimum(2 * half - 1, _c_int8(v))
+    return d, codes & 0xFF
+
+
+def _store(d: np.ndarray, m, codes: np.ndarray, five_bit: bool) -> np.ndarray:
+    """Block bytes of Q4_0 (m None) / Q4_1 / Q5_0 (m None, five_bit) / Q5_1 from float32 d, m and codes.
+
+    4-bit codes keep all 8 bits of ``code[j] | code[j+16] << 4`` (C's uint8 store); 5-bit codes are
+    split into the ``qh`` word and masked nibbles, as ggml does.
+    """
+    at = 2 if m is None else 4
+    out = np.empty((codes.shape[0], at + 16 + 4 * five_bit), np.uint8)
+    _put_f16(out, 0, d)
+    if m is not None:
+        _put_f16(out, 2, m)
+    if five_bit:
+        out[:, at:at + 4] = _pack_bit4(codes)
+        codes = codes & 0x0F
+        at += 4
+    out[:, at:] = _pack_halves(codes)
+    return out
+
+
+def _codes(blocks: np.ndarray, has_min: bool, five_bit: bool) -> np.ndarray:
+    """The 32 unsigned codes of each block (inverse of :func:`_store`'s packing)."""
+    at = 4 if has_min else 2
+    if not five_bit:
+        return _unpack_halves(blocks[:, at:at + 16])
+    return _unpack_halves(blocks[:, at + 4:at + 20]) | _unpack_bit4(blocks[:, at:at + 4])
+
+
+def _encode_q4_0_ref(x: np.ndarray) -> np.ndarray:
+    d, codes = _symmetric_codes(x, 8)
+    return _store(d, None, codes, five_bit=False)
+
+
+def _encode_q5_0_ref(x: np.ndarray) -> np.ndarray:
+    d, codes = _symmetric_codes(x, 16)
+    return _store(d, None, codes, five_bit=True)
+
+
+@_ieee_quiet
+def _decode_q4_0(blocks: np.ndarray) -> np.ndarray:
+    q = _codes(blocks, False, False).astype(np.int16) - 8
+    return q.astype(np.float32) * _get_f16(blocks, 0)
+
+
+@_ieee_quiet
+def _decode_q5_0(blocks: np.ndarray) -> np.ndarray:
+    q = _codes(blocks, False, True).astype(np.int16) - 16
+    return q.astype(np.float32) * _get_f16(blocks, 0)
+
+
+# --- Q4_1 / Q5_1: scale and minimum ----------------------------------------------------
+
+def _affine_codes(x: np.ndarray, nmax: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(d, min, codes) of quantize_row_q4_1_ref (nmax=15) / q5_1 (nmax=31); codes as C computes them."""
+    lo = _first_extreme(x, np.argmin)
+    hi = _first_extreme(x, np.argmax)
+    with np.errstate(over="ignore", invalid="ignore"):
+        d = ((hi - lo) / f32(nmax)).astype(np.float32)
+        v = (x - lo) * _inverse(d) + f32(0.5)
+    return d, lo, _c_int8(v)
+
+
+def _encode_q4_1_ref(x: np.ndarray) -> np.ndarray:
+    d, lo, codes = _affine_codes(x, 15)
+    return _store(d, lo, np.minimum(15, codes) & 0xFF, five_bit=False)
+
+
+def _encode_q5_1_ref(x: np.ndarray) -> np.ndarray:
+    d, lo, codes = _affine_codes(x, 31)  # no cap: only the low 5 bits are stored
+    return _store(d, lo, codes & 0xFF, five_bit=True)
+
+
+def _decode_affine(blocks: np.ndarray, five_bit: bool) -> np.ndarray:
+    # two roundings, q*d then +m: ggml's reference is compiled without FMA contraction
+    return _codes(blocks, True, five_bit).astype(np.float32) * _get_f16(blocks, 0) + _get_f16(blocks, 2)
+
+
+@_ieee_quiet
+def _decode_q4_1(blocks: np.ndarray) -> np.ndarray:
+    return _decode_affine(blocks, False)
+
+
+@_ieee_quiet
+def _decode_q5_1(blocks: np.ndarray) -> np.ndarray:
+    return _decode_affine(blocks, True)
+
+
+# --- Q8_0 / Q8_1 ---------------------------------------------------------------------------
+
+def _q8_codes(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    amax = np.abs(x).max(axis=1, keepdims=True)
+    with np.errstate(over="ignore", invalid="ignore"):
+        d = (amax / f32(127)).astype(np.float32)
+        codes = _c_int8(_roundf(x * _inverse(d)))
+    return d, codes
+
+
+def _encode_q8_0(x: np.ndarray) -> np.ndarray:
+    d, codes = _q8_codes(x)
+    out = np.empty((x.shape[0], 34), np.uint8)
+    _put_f16(out, 0, d)
+    out[:, 2:] = codes.astype(np.int8).view(np.uint8)
+    return out
+
+
+@_ieee_quiet
+def _decode_q8_0(blocks: np.ndarray) -> np.ndarray:
+    d = _get_f16(blocks, 0)
+    return np.ascontiguousarray(blocks[:, 2:34]).view(np.int8).astype(np.float32) * d
+
+
+def _encode_q8_1(x: np.ndarray) -> np.ndarray:
+    d, codes = _q8_codes(x)
+    out = np.empty((x.shape[0], 36), np.uint8)
+    _put_f16(out, 0, d)
+    with np.errstate(over="ignore", invalid="ignore"):
+        _put_f16(out, 2, codes.sum(axis=1, keepdims=True).astype(np.float32) * d)
+    out[:, 4:] = codes.astype(np.int8).view(np.uint8)
+    return out
+
+
+# --- Q1_0 ---------------------------------------------------------------------------------
+
+@_ieee_quiet
+def _encode_q1_0(x: np.ndarray) -> np.ndarray:
+    ax = np.abs(x).T.copy()  # (128, n): sum the 128 values one after another, as ggml's loop
+    total = np.zeros(x.shape[0], np.float32)
+    for row in ax:
+        total = total + row
+    out = np.empty((x.shape[0], 18), np.uint8)
+    _put_f16(out, 0, total / f32(128))
+    out[:, 2:] = np.packbits(x >= f32(0), axis=1, bitorder="little")
+    return out
+
+
+@_ieee_quiet
+def _decode_q1_0(blocks: np.ndarray) -> np.ndarray:
+    d = _get_f16(blocks, 0)
+    bits = np.unpackbits(blocks[:, 2:18], axis=1, bitorder="little").astype(bool)
+    return np.where(bits, d, -d).astype(np.float32)
+
+
+# --- registration -------------------------------------------------------------------------
+
+def _reference_only(ref):
+    """Wrap a reference encoder in the registry's signature (these codecs take no weights)."""
+
+    def encode(x, *, mode="ggml", weights=None):
+        return ref(np.ascontiguousarray(x, dtype=np.float32))
+
+    encode.__name__ = ref.__name__.replace("_ref", "")
+    encode.__doc__ = ref.__doc__
+    return encode
+
+
+register(Codec(QType.Q4_0, _decode_q4_0, _reference_only(_encode_q4_0_ref), doc="4-bit, scale from signed max"))
+register(Codec(QType.Q4_1, _decode_q4_1, _reference_only(_encode_q4_1_ref), doc="4-bit, scale and min"))
+register(Codec(QType.Q5_0, _decode_q5_0, _reference_only(_encode_q5_0_ref), doc="5-bit, scale from signed max"))
+register(Codec(QType.Q5_1, _decode_q5_1, _reference_only(_encode_q5_1_ref), doc="5-bit, scale and min"))
+register(Codec(QType.Q8_0, _decode_q8_0, _reference_only(_encode_q8_0), doc="8-bit, absmax scale"))
+register(Codec(QType.Q8_1, None, _reference_only(_encode_q8_1), doc="8-bit activations; encode only"))
+register(Codec(QType.Q1_0, _decode_q1_0, _reference_only(_encode_q1_0), doc="1-bit signs, mean |x| scale"))
