@@ -162,4 +162,7 @@ def dequantize(data, qtype: QTypeLike) -> np.ndarray:
 # The families, in id order of their first member. Each module calls register() on import.
 from . import floats  # noqa: E402,F401
 from . import kquants  # noqa: E402,F401
+from . import iquants  # noqa: E402,F401
+from . import ternary  # noqa: E402,F401
+from . import fp4  # noqa: E402,F401
 from . import legacy  # noqa: E402,F401
