@@ -1,0 +1,394 @@
+"""Streaming, atomic GGUF writer: ``qformat.write`` and ``qformat.Writer``.
+
+Layout written (exactly what ggml's ``gguf_write_to_file`` produces, and what its reader requires):
+little-endian GGUF v3; header; key/value pairs in the order given; tensor infos in the order the
+tensors were added; zero padding up to a multiple of the alignment; then each tensor's bytes at
+offset = previous offset + previous size rounded up to the alignment, each followed by zero
+padding -- the last tensor too. (A file without tensors still ends padded, as ggml writes it.)
+
+Tensors:
+
+* a numpy array is stored as its own type: float32 -> F32, float16 -> F16, float64 -> F64,
+  int8/16/32/64 -> I8/I16/I32/I64; shape in numpy order (``ne`` is the reversed shape); a 0-d array
+  is stored as shape ``(1,)``; 1..4 dimensions, none of them zero;
+* ``(array, qtype)`` encodes float values to ``qtype`` with ``qformat.codecs.quantize`` (the last
+  axis must be a multiple of the block size);
+* ``Writer.add_raw(name, data, qtype, shape)`` stores already-encoded bytes (e.g. copied from
+  another file with ``GGUFFile.raw``) after checking their size.
+
+Metadata: see ``values.py`` for how Python values map to GGUF types; ``TypedValue`` (and
+``GGUFFile.typed_metadata()``) fix the type explicitly. ``general.alignment`` in the metadata and
+the ``alignment=`` argument are one setting; giving both with different values is an error.
+
+Atomicity and cost: nothing is ever written at the target path itself. ``write()`` knows every
+tensor up front, so it streams the header and then each tensor (encoded one at a time, so memory
+stays bounded by the largest tensor) into a temporary file beside the target and renames it into
+place with ``os.replace``. ``Writer`` receives tensors one by one before it can know the header, so
+it appends their bytes to a temporary data file as they arrive and, at ``close()``, writes the
+header to a second temporary file, copies the data after it (in 16 MiB chunks) and renames: the
+tensor bytes are written twice, disk use peaks at about twice the output size. On any exception
+inside ``with Writer(...)`` (or a failed ``write()``) the temporary files are removed and an existing
+target is left untouched; a killed process can leave ``.<name>.*.tmp`` files beside the target but
+never a partial target. A ``GGUFFile`` open on the old target keeps reading the old bytes (the
+rename does not touch the mapped inode).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Mapping, Optional, Union
+
+import numpy as np
+
+from ..errors import UnsupportedType, WriteError
+from ..types import BLOCK, QType, as_qtype, row_nbytes
+from .reader import MAX_ALIGNMENT, MAX_DIMS, MAX_NAME_BYTES
+from .schema import ARRAY_HEAD, DEFAULT_ALIGNMENT, HEADER, LITTLE, STRING, TENSOR_INFO, U32, VERSION, align_up
+from .values import FIXED_DTYPE, STANDARD_KEY_TYPES, StringArray, TypedValue, ValueType, to_typed
+
+#: numpy dtypes stored as themselves
+DTYPE_QTYPE: dict[np.dtype, QType] = {
+    np.dtype(np.float32): QType.F32, np.dtype(np.float16): QType.F16, np.dtype(np.float64): QType.F64,
+    np.dtype(np.int8): QType.I8, np.dtype(np.int16): QType.I16, np.dtype(np.int32): QType.I32,
+    np.dtype(np.int64): QType.I64,
+}
+QTYPE_DTYPE: dict[QType, np.dtype] = {q: d.newbyteorder("<") for d, q in DTYPE_QTYPE.items()}
+
+_COPY_CHUNK = 16 << 20
+_ZEROS = bytes(MAX_ALIGNMENT)  # padding source (alignment is at most 2**24)
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+# --- metadata encoding -------------------------------------------------------------------------
+
+def _encode_value(tv: TypedValue, out: list) -> None:
+    """Append the encoding of a validated value (without its type id) to ``out``."""
+    t = tv.type
+    if t is ValueType.STRING:
+        out.append(STRING.build(tv.value))
+    elif t is ValueType.ARRAY:
+        elem, v = tv.elem_type, tv.value
+        out.append(ARRAY_HEAD.build(dict(elem_type=int(elem), count=len(v))))
+        if elem is ValueType.STRING:
+            raw = v.encoded_le() if isinstance(v, StringArray) else None
+            if raw is None:
+                # the STRING structure, written in bulk: u64 length + bytes, per element
+                enc = [s.encode("utf-8") for s in v]
+                lens = np.fromiter((len(b) for b in enc), dtype="<u8", count=len(enc))
+                parts = [None] * (2 * len(enc))
+                parts[0::2] = [ln.tobytes() for ln in lens]
+                parts[1::2] = enc
+                raw = b"".join(parts)
+            out.append(raw)
+        elif elem is ValueType.ARRAY:
+            for inner in v:
+                _encode_value(inner, out)
+        else:
+            out.append(np.ascontiguousarray(v, dtype="<" + FIXED_DTYPE[elem]).tobytes())
+    elif t in (ValueType.FLOAT32, ValueType.FLOAT64):
+        # through numpy, not struct: a NaN keeps its exact payload bits
+        out.append(np.asarray(tv.value, dtype="<" + FIXED_DTYPE[t]).tobytes())
+    else:
+        out.append(LITTLE.scalar_cases[int(t)].build(tv.value.item() if hasattr(tv.value, "item") else tv.value))
+
+
+def _encode_string(s: str, what: str) -> bytes:
+    try:
+        return s.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise WriteError(f"{what} {s!r} cannot be encoded as UTF-8 ({e.reason})") from None
+
+
+def encode_metadata(typed: Mapping[str, TypedValue]) -> list:
+    out: list = []
+    for key, tv in typed.items():
+        _encode_string(key, "key")
+        out.append(STRING.build(key))
+        out.append(U32.build(int(tv.type)))
+        _encode_value(tv, out)
+    return out
+
+
+def _check_alignment(a: Any, what: str) -> int:
+    if isinstance(a, bool) or not isinstance(a, (int, np.integer)):
+        raise WriteError(f"{what} must be an integer, got {type(a).__name__}")
+    a = int(a)
+    if a < 1 or a & (a - 1) or a > MAX_ALIGNMENT:
+        raise WriteError(f"{what} {a} is not a power of two in [1, {MAX_ALIGNMENT}]")
+    return a
+
+
+def prepare_metadata(metadata: Optional[Mapping[str, Any]], alignment: Optional[int]) -> tuple[dict, int]:
+    """Typed, validated metadata and the alignment it implies."""
+    typed: dict[str, TypedValue] = {}
+    for key, value in (metadata or {}).items():
+        if not isinstance(key, str):
+            raise WriteError(f"metadata keys must be str, got {type(key).__name__}")
+        if not key:
+            raise WriteError("metadata keys must not be empty")
+        _encode_string(key, "key")
+        typed[key] = to_typed(key, value)
+    meta_align = typed.get("general.alignment")
+    if meta_align is not None:
+        if meta_align.type is not ValueType.UINT32:
+            raise WriteError(f"general.alignment must be UINT32, got {meta_align.type.name}")
+        a = _check_alignment(meta_align.value, "general.alignment")
+        if alignment is not None and _check_alignment(alignment, "alignment") != a:
+            raise WriteError(f"alignment={alignment} conflicts with general.alignment={a} in the metadata")
+        return typed, a
+    if alignment is None:
+        return typed, DEFAULT_ALIGNMENT
+    a = _check_alignment(alignment, "alignment")
+    if a != DEFAULT_ALIGNMENT:
+        typed["general.alignment"] = TypedValue(np.uint32(a), STANDARD_KEY_TYPES["general.alignment"])
+    return typed, a
+
+
+# --- tensors -----------------------------------------------------------------------------------
+
+@dataclass
+class _Pending:
+    name: str
+    shape: tuple
+    qtype: QType
+    nbytes: int
+    produce: Callable[[], np.ndarray]  # -> C-contiguous uint8 bytes of the tensor
+
+
+def _check_name(name: Any) -> None:
+    if not isinstance(name, str):
+        raise WriteError(f"tensor names must be str, got {type(name).__name__}")
+    n = len(_encode_string(name, "tensor name"))
+    if not 1 <= n <= MAX_NAME_BYTES:
+        raise WriteError(f"tensor name {name!r} is {n} bytes; it must be 1..{MAX_NAME_BYTES}")
+
+
+def _check_shape(name: str, shape: Iterable[int], qt: QType) -> tuple:
+    shape = tuple(int(d) for d in shape) or (1,)
+    if len(shape) > MAX_DIMS:
+        raise WriteError(f"tensor {name!r} has {len(shape)} dimensions; GGUF holds at most {MAX_DIMS}")
+    if any(d <= 0 for d in shape):
+        raise WriteError(f"tensor {name!r} has shape {shape}; every dimension must be at least 1")
+    if shape[-1] % BLOCK[qt].elems:
+        raise WriteError(f"tensor {name!r}: row length {shape[-1]} is not a multiple of {qt.name}'s "
+                         f"block size {BLOCK[qt].elems}")
+    return shape
+
+
+def _tensor_nbytes(shape: tuple, qt: QType) -> int:
+    rows = int(np.prod(shape[:-1], dtype=object)) if len(shape) > 1 else 1
+    return rows * row_nbytes(qt, shape[-1])
+
+
+def _as_bytes(arr: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(arr).reshape(-1).view(np.uint8)
+
+
+def prepare_tensor(name: str, value: Any) -> _Pending:
+    """Validate a tensor given to the writer; its bytes are produced later, one tensor at a time."""
+    _check_name(name)
+    if isinstance(value, tuple):
+        if len(value) != 2:
+            raise WriteError(f"tensor {name!r}: expected an array or (array, qtype); use Writer.add_raw "
+                             f"for pre-encoded bytes")
+        arr, qtype = value
+        try:
+            qt = as_qtype(qtype)
+        except (ValueError, TypeError) as e:
+            raise WriteError(f"tensor {name!r}: {e}") from None
+        arr = np.asarray(arr)
+        shape = _check_shape(name, arr.shape, qt)
+        if qt in QTYPE_DTYPE and arr.dtype.newbyteorder("=") == QTYPE_DTYPE[qt].newbyteorder("="):
+            return _Pending(name, shape, qt, _tensor_nbytes(shape, qt),
+                            lambda: _as_bytes(arr.astype(QTYPE_DTYPE[qt], copy=False)))
+        from ..codecs import can_encode, quantize
+
+        if can_encode(qt):
+            return _Pending(name, shape, qt, _tensor_nbytes(shape, qt),
+                            lambda: _as_bytes(quantize(arr.reshape(shape), qt)))
+        if qt in (QType.F16, QType.F64) and arr.dtype.kind == "f":
+            # numpy's float conversions round to nearest even, as ggml's do
+            return _Pending(name, shape, qt, _tensor_nbytes(shape, qt),
+                            lambda: _as_bytes(arr.astype(QTYPE_DTYPE[qt])))
+        raise UnsupportedType(f"tensor {name!r}: qformat cannot encode {arr.dtype} to {qt.name}")
+    if not isinstance(value, np.ndarray):
+        raise WriteError(f"tensor {name!r}: expected a numpy array or (array, qtype), got {type(value).__name__}")
+    qt = DTYPE_QTYPE.get(value.dtype.newbyteorder("="))
+    if qt is None:
+        raise WriteError(f"tensor {name!r}: dtype {value.dtype} has no ggml type; pass (array, qtype)")
+    shape = _check_shape(name, value.shape, qt)
+    return _Pending(name, shape, qt, _tensor_nbytes(shape, qt),
+                    lambda: _as_bytes(value.astype(QTYPE_DTYPE[qt], copy=False)))
+
+
+def prepare_raw(name: str, data: Any, qtype: Any, shape: Iterable[int]) -> _Pending:
+    _check_name(name)
+    try:
+        qt = as_qtype(qtype)
+    except (ValueError, TypeError) as e:
+        raise WriteError(f"tensor {name!r}: {e}") from None
+    shape = _check_shape(name, shape, qt)
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        data = np.frombuffer(data, dtype=np.uint8)
+    data = np.asarray(data)
+    if data.dtype != np.uint8:
+        raise WriteError(f"tensor {name!r}: raw data must be uint8, got {data.dtype}")
+    nbytes = _tensor_nbytes(shape, qt)
+    if data.size != nbytes:
+        raise WriteError(f"tensor {name!r}: {qt.name} {shape} takes {nbytes} bytes, got {data.size}")
+    return _Pending(name, shape, qt, nbytes, lambda: np.ascontiguousarray(data).reshape(-1))
+
+
+# --- file assembly -----------------------------------------------------------------------------
+
+def _header_bytes(typed: Mapping[str, TypedValue], infos: list, alignment: int) -> bytes:
+    """Header + key/value pairs + tensor infos + zero padding to the alignment."""
+    parts = [HEADER.build(dict(version=VERSION, n_tensors=len(infos), n_kv=len(typed)))]
+    parts += encode_metadata(typed)
+    for t, rel_offset in infos:
+        ne = list(reversed(t.shape))
+        parts.append(TENSOR_INFO.build(dict(name=t.name, n_dims=len(ne), ne=ne, type=int(t.qtype),
+                                            offset=rel_offset)))
+    head = b"".join(parts)
+    return head + _ZEROS[:align_up(len(head), alignment) - len(head)]
+
+
+def _layout(pending: list, alignment: int) -> list:
+    infos, off = [], 0
+    for t in pending:
+        infos.append((t, off))
+        off += align_up(t.nbytes, alignment)
+    return infos
+
+
+def _write_tensor(fh, t: _Pending, alignment: int) -> None:
+    data = t.produce()
+    if data.size != t.nbytes:  # an encoder broke its contract; never write a corrupt layout
+        raise WriteError(f"tensor {t.name!r}: encoder produced {data.size} bytes, expected {t.nbytes}")
+    fh.write(data.data)
+    fh.write(_ZEROS[:align_up(t.nbytes, alignment) - t.nbytes])
+
+
+def _temp_beside(path: str, suffix: str):
+    d, base = os.path.split(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=d, prefix=f".{base}.", suffix=suffix)
+    return os.fdopen(fd, "w+b"), tmp
+
+
+def _finish(fh, tmp: str, path: str) -> None:
+    fh.flush()
+    os.fsync(fh.fileno())
+    fh.close()
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual mode
+    os.replace(tmp, path)
+
+
+def _discard(fh, tmp: Optional[str]) -> None:
+    try:
+        if fh is not None:
+            fh.close()
+    finally:
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write(path: PathLike, tensors: Optional[Mapping[str, Any]] = None, metadata: Optional[Mapping[str, Any]] = None,
+          *, alignment: Optional[int] = None) -> None:
+    """Write a GGUF file in one call (see the module docstring for value forms and guarantees)."""
+    path = os.fspath(path)
+    typed, align = prepare_metadata(metadata, alignment)
+    pending = [prepare_tensor(name, v) for name, v in (tensors or {}).items()]
+    infos = _layout(pending, align)
+    head = _header_bytes(typed, infos, align)
+    fh, tmp = _temp_beside(path, ".tmp")
+    try:
+        fh.write(head)
+        for t in pending:
+            _write_tensor(fh, t, align)
+        _finish(fh, tmp, path)
+    except BaseException:
+        _discard(fh, tmp)
+        raise
+
+
+class Writer:
+    """Streaming writer: ``with Writer(path, metadata) as w: w.add_tensor(name, array) ...``.
+
+    Tensor bytes go to a temporary file as they arrive (memory stays bounded by one tensor); the
+    file appears at ``path`` only when the block exits without an exception (or on ``close()``).
+    """
+
+    def __init__(self, path: PathLike, metadata: Optional[Mapping[str, Any]] = None, *,
+                 alignment: Optional[int] = None):
+        self.path = os.fspath(path)
+        self._typed, self.alignment = prepare_metadata(metadata, alignment)
+        self._infos: list = []  # (_Pending, relative offset)
+        self._names: set = set()
+        self._size = 0
+        self._data, self._data_tmp = _temp_beside(self.path, ".tmp-data")
+        self._closed = False
+
+    def _append(self, t: _Pending) -> None:
+        if self._closed:
+            raise WriteError(f"{self.path}: writer is closed")
+        if t.name in self._names:
+            raise WriteError(f"tensor {t.name!r} added twice")
+        _write_tensor(self._data, t, self.alignment)
+        self._names.add(t.name)
+        self._infos.append((t, self._size))
+        self._size += align_up(t.nbytes, self.alignment)
+
+    def add_tensor(self, name: str, value: Any) -> None:
+        """Add a numpy array (stored as its dtype) or ``(array, qtype)`` (encoded)."""
+        self._append(prepare_tensor(name, value))
+
+    def add_raw(self, name: str, data: Any, qtype: Any, shape: Iterable[int]) -> None:
+        """Add already-encoded bytes of ``qtype`` with numpy-order ``shape``."""
+        self._append(prepare_raw(name, data, qtype, shape))
+
+    def close(self) -> None:
+        """Assemble the file and move it into place."""
+        if self._closed:
+            return
+        self._closed = True
+        fh = tmp = None
+        try:
+            head = _header_bytes(self._typed, self._infos, self.alignment)
+            fh, tmp = _temp_beside(self.path, ".tmp")
+            fh.write(head)
+            self._data.flush()
+            self._data.seek(0)
+            shutil.copyfileobj(self._data, fh, _COPY_CHUNK)
+            _finish(fh, tmp, self.path)
+        except BaseException:
+            _discard(fh, tmp)
+            raise
+        finally:
+            _discard(self._data, self._data_tmp)
+
+    def abort(self) -> None:
+        """Drop everything written so far; the target path is not touched."""
+        if not self._closed:
+            self._closed = True
+            _discard(self._data, self._data_tmp)
+
+    def __enter__(self) -> "Writer":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self.abort()
+        else:
+            self.close()
+
+    def __del__(self):
+        # a Writer dropped without close() must not leave its temporary data file behind
+        try:
+            self.abort()
+        except Exception:
+            pass
