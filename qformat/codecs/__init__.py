@@ -165,4 +165,5 @@ from . import kquants  # noqa: E402,F401
 from . import iquants  # noqa: E402,F401
 from . import ternary  # noqa: E402,F401
 from . import fp4  # noqa: E402,F401
+from . import kquants_sym  # noqa: E402,F401
 from . import legacy  # noqa: E402,F401
