@@ -102,17 +102,26 @@ def pack_high_bits_k(codes: np.ndarray) -> np.ndarray:
 
 # --- k-quant 6-bit scales and mins --------------------------------------------------------------
 
-def unpack_scale_min_k4(scales: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """12-byte packed fields ``(n, 12)`` -> (scales ``(n, 8)``, mins ``(n, 8)``) as uint8 6-bit values."""
-    s = scales.reshape(-1, 12)
-    lo, mid, hi = s[:, 0:4], s[:, 4:8], s[:, 8:12]
-    sc = np.empty((s.shape[0], 8), dtype=np.uint8)
-    mn = np.empty((s.shape[0], 8), dtype=np.uint8)
-    sc[:, :4] = lo & 63
-    mn[:, :4] = mid & 63
-    sc[:, 4:] = (hi & 0x0F) | ((lo >> 6) << 4)
-    mn[:, 4:] = (hi >> 4) | ((mid >> 6) << 4)
-    return sc, mn
+_LOW6 = np.uint32(0x3F3F3F3F)
+_LOW4 = np.uint32(0x0F0F0F0F)
+_BITS45 = np.uint32(0x30303030)
+
+
+def unpack_scale_min_k4(scales: np.ndarray) -> np.ndarray:
+    """12-byte packed fields ``(n, 12)`` -> uint8 ``(n, 2, 8)``: ``[:, 0]`` the 6-bit scales, ``[:, 1]``
+    the 6-bit mins.
+
+    Works on the three 4-byte groups as little-endian uint32 words, so each mask or shift handles
+    four sub-blocks at once (bytes never carry into each other: every mask keeps bits in-byte).
+    """
+    words = np.ascontiguousarray(scales).reshape(-1, 12).view("<u4")  # (n, 3)
+    lo, mid, hi = words[:, 0], words[:, 1], words[:, 2]
+    out = np.empty((words.shape[0], 4), dtype="<u4")
+    out[:, 0] = lo & _LOW6  # sc[0..3]
+    out[:, 1] = (hi & _LOW4) | ((lo >> 2) & _BITS45)  # sc[4..7]: low nibble, bits 4-5 from byte 7-6
+    out[:, 2] = mid & _LOW6  # m[0..3]
+    out[:, 3] = ((hi >> 4) & _LOW4) | ((mid >> 2) & _BITS45)  # m[4..7]
+    return out.view(np.uint8).reshape(-1, 2, 8)
 
 
 def pack_scale_min_k4(sc: np.ndarray, mn: np.ndarray) -> np.ndarray:

@@ -57,20 +57,28 @@ def _rows(cols: np.ndarray, group: int) -> np.ndarray:
 
 def _decode_scale_min(blocks: np.ndarray):
     """Per-sub-block float32 ``(d * sc, dmin * m)``, each ``(nblocks, 8)``, from bytes 0..15."""
-    d = read_fp16(blocks, 0)
-    dmin = read_fp16(blocks, 2)
-    sc, m = unpack_scale_min_k4(blocks[:, 4:16])
+    d_dmin = np.ascontiguousarray(blocks[:, 0:4]).view("<f2").astype(np.float32)  # (nblocks, 2)
+    sc_m = unpack_scale_min_k4(blocks[:, 4:16]).astype(np.float32)  # (nblocks, 2, 8)
     with np.errstate(invalid="ignore"):  # inf * 0 is NaN, as in C
-        return d[:, None] * sc.astype(np.float32), dmin[:, None] * m.astype(np.float32)
+        sc_m *= d_dmin[:, :, None]
+    return sc_m[:, 0], sc_m[:, 1]
 
 
-def _decode_sm(blocks: np.ndarray, codes: np.ndarray) -> np.ndarray:
-    """``(d * sc) * q - (dmin * m)`` per sub-block of 32, for codes ``(nblocks, 256)``."""
+def _decode_sm(blocks: np.ndarray, planes) -> np.ndarray:
+    """``(d * sc) * q - (dmin * m)`` per sub-block of 32.
+
+    ``planes(h)`` returns the codes of the low (h=0) or high (h=1) half of every 64-value chunk as
+    ``(nblocks, 4, 32)``; products are written straight into those halves of the output.
+    """
     dsc, dm = _decode_scale_min(blocks)
-    q = codes.reshape(-1, 8, 32).astype(np.float32)
-    y = q * dsc[:, :, None]
-    y -= dm[:, :, None]
-    return y.reshape(-1, QK_K)
+    n = blocks.shape[0]
+    y = np.empty((n, 4, 2, 32), dtype=np.float32)
+    dsc = dsc.reshape(n, 4, 2, 1)
+    with np.errstate(invalid="ignore"):
+        for h in (0, 1):
+            np.multiply(planes(h), dsc[:, :, h], out=y[:, :, h])
+        y -= dm.reshape(n, 4, 2, 1)
+    return y.reshape(n, QK_K)
 
 
 def _ref_weights(xc: np.ndarray) -> np.ndarray:
@@ -173,7 +181,8 @@ def _encode_sm(x: np.ndarray, mode: str, weights: Optional[np.ndarray], nmax: in
 # ==== Q4_K: d fp16 @0 | dmin fp16 @2 | scales[12] @4 | qs[128] @16 (144 bytes) =====================
 
 def _q4_k_decode(blocks: np.ndarray) -> np.ndarray:
-    return _decode_sm(blocks, unpack_nibbles_k(blocks[:, 16:144]))
+    qs = blocks[:, 16:144].reshape(-1, 4, 32)
+    return _decode_sm(blocks, lambda h: qs >> 4 if h else qs & 0x0F)
 
 
 def _q4_k_encode(x: np.ndarray, *, mode: str = "ggml", weights: Optional[np.ndarray] = None) -> np.ndarray:
@@ -191,9 +200,18 @@ register(Codec(QType.Q4_K, _q4_k_decode, _q4_k_encode, modes=("ggml",), weighted
 
 # ==== Q5_K: d fp16 @0 | dmin fp16 @2 | scales[12] @4 | qh[32] @16 | qs[128] @48 (176 bytes) =========
 
+_Q5_SHIFTS = np.arange(8, dtype=np.uint8).reshape(1, 8, 1)
+
 def _q5_k_decode(blocks: np.ndarray) -> np.ndarray:
-    codes = unpack_nibbles_k(blocks[:, 48:176]) | unpack_high_bits_k(blocks[:, 16:48])
-    return _decode_sm(blocks, codes)
+    qs = blocks[:, 48:176].reshape(-1, 4, 32)
+    qh = blocks[:, 16:48].reshape(-1, 1, 32)
+    high = (qh >> _Q5_SHIFTS) & 1  # (nblocks, 8, 32): bit 2c + h of qh is plane (c, h)
+
+    def planes(h):
+        low = qs >> 4 if h else qs & 0x0F
+        return low | (high[:, h::2] << 4)
+
+    return _decode_sm(blocks, planes)
 
 
 def _q5_k_encode(x: np.ndarray, *, mode: str = "ggml", weights: Optional[np.ndarray] = None) -> np.ndarray:

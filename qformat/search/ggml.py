@@ -60,6 +60,43 @@ def _clamp_codes(v: np.ndarray, nmax: int) -> np.ndarray:
     return np.clip(nearest_int(v), 0, nmax)
 
 
+#: below this magnitude adding and subtracting 1.5*2^23 rounds exactly as nearest_int does
+_FLOAT_ROUND_LIMIT = f32(2.0**22)
+
+
+def _codes_into(out: np.ndarray, x: np.ndarray, cmin: np.ndarray, iscale: np.ndarray,
+                vmin: np.ndarray, vmax: np.ndarray, nmax: int) -> None:
+    """``out = MAX(0, MIN(nmax, nearest_int(iscale * (x - cmin))))`` as float32, per column.
+
+    Fast path in float: for |v| < 2^22, ``(v + 1.5*2^23) - 1.5*2^23`` is exactly nearest_int(v).
+    Rounding is monotone, so every ``v`` of a column lies between its values at the column's
+    ``vmin`` and ``vmax``; only when a column's bound reaches 2^22 (or is inf/NaN) does the C bit
+    trick, whose result is then not the rounded value, have to be emulated.
+    """
+    lo = iscale * (vmin - cmin)
+    hi = iscale * (vmax - cmin)
+    bound = np.maximum(np.abs(lo), np.abs(hi))
+    np.subtract(x, cmin, out=out)
+    out *= iscale
+    if (bound < _FLOAT_ROUND_LIMIT).all():
+        out += _ROUND_MAGIC
+        out -= _ROUND_MAGIC
+        np.clip(out, f32(0), f32(nmax), out=out)
+    else:
+        out[...] = _clamp_codes(out, nmax)
+
+
+def _weighted_sq_error(tmp: np.ndarray, lf: np.ndarray, scale: np.ndarray, offset: np.ndarray,
+                       x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Per column ``sum(w * d*d)`` with ``d = scale*code + offset - x`` (ggml's order), using ``tmp``."""
+    np.multiply(lf, scale, out=tmp)
+    tmp += offset
+    tmp -= x
+    tmp *= tmp
+    tmp *= w
+    return seqsum(tmp)
+
+
 def _make_qkx_quants(x: np.ndarray, w: np.ndarray, nmax: int, rmin: float, rdelta: float, nstep: int):
     """The search shared by ggml's ``make_qkx2_quants`` and ``make_qkx3_quants`` (squared error).
 
@@ -71,7 +108,8 @@ def _make_qkx_quants(x: np.ndarray, w: np.ndarray, nmax: int, rmin: float, rdelt
     """
     x = np.ascontiguousarray(x, dtype=np.float32)
     w = np.ascontiguousarray(w, dtype=np.float32)
-    vmin = x.min(axis=0)
+    # the FIRST smallest value, as C's strict '<' scan keeps it: its zero sign reaches a flat group's min
+    vmin = x[np.argmin(x, axis=0), np.arange(x.shape[1])]
     vmax = x.max(axis=0)
     sum_w = seqsum(w)
     sum_x = seqsum(w * x)
@@ -81,41 +119,48 @@ def _make_qkx_quants(x: np.ndarray, w: np.ndarray, nmax: int, rmin: float, rdelt
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         iscale = fmax / (vmax - vmin)
         scale = f32(1) / iscale
-        L = _clamp_codes(iscale * (x - vmin), nmax)
-        diff = scale * L.astype(np.float32) + vmin - x
-        best = seqsum(w * (diff * diff))
+        lf = np.empty_like(x)  # candidate codes, as float32
+        tmp = np.empty_like(x)
+        _codes_into(lf, x, vmin, iscale, vmin, vmax, nmax)
+        best = _weighted_sq_error(tmp, lf, scale, vmin, x, w)
+        # the kept candidate is remembered by the (inverse scale, min) that produced its codes, and
+        # its codes rebuilt once at the end, instead of copying codes at every improvement
+        best_iscale, best_cmin = iscale, vmin
         cur_min = vmin.copy()
-        if nstep >= 1:
-            for step in range(nstep + 1):
-                num = f32(rmin) + f32(rdelta) * f32(step) + fmax
-                iscale = num / (vmax - cur_min)
-                laux = _clamp_codes(iscale * (x - cur_min), nmax)
-                lf = laux.astype(np.float32)
-                wl = w * lf
-                sum_l = seqsum(wl)
-                sum_l2 = seqsum(wl * lf)
-                sum_xl = seqsum(wl * x)
-                D = sum_w * sum_l2 - sum_l * sum_l
-                this_scale = (sum_w * sum_xl - sum_x * sum_l) / D
-                this_min = (sum_l2 * sum_x - sum_l * sum_xl) / D
-                pos = this_min > 0
-                if pos.any():
-                    this_min = np.where(pos, f32(0), this_min)
-                    this_scale = np.where(pos, sum_xl / sum_l2, this_scale)
-                diff = this_scale * lf + this_min - x
-                err = seqsum(w * (diff * diff))
-                better = (D > 0) & (err < best)
-                if better.any():
-                    L = np.where(better, laux, L)
-                    best = np.where(better, err, best)
-                    scale = np.where(better, this_scale, scale)
-                    cur_min = np.where(better, this_min, cur_min)
+        wl = np.empty_like(x)
+        for step in range(nstep + 1 if nstep >= 1 else 0):
+            num = f32(rmin) + f32(rdelta) * f32(step) + fmax
+            iscale = num / (vmax - cur_min)
+            _codes_into(lf, x, cur_min, iscale, vmin, vmax, nmax)
+            np.multiply(w, lf, out=wl)
+            sum_l = seqsum(wl)
+            np.multiply(wl, lf, out=tmp)
+            sum_l2 = seqsum(tmp)
+            np.multiply(wl, x, out=tmp)
+            sum_xl = seqsum(tmp)
+            D = sum_w * sum_l2 - sum_l * sum_l
+            this_scale = (sum_w * sum_xl - sum_x * sum_l) / D
+            this_min = (sum_l2 * sum_x - sum_l * sum_xl) / D
+            pos = this_min > 0
+            if pos.any():
+                this_min = np.where(pos, f32(0), this_min)
+                this_scale = np.where(pos, sum_xl / sum_l2, this_scale)
+            err = _weighted_sq_error(tmp, lf, this_scale, this_min, x, w)
+            better = (D > 0) & (err < best)
+            if better.any():
+                best = np.where(better, err, best)
+                scale = np.where(better, this_scale, scale)
+                best_iscale = np.where(better, iscale, best_iscale)
+                best_cmin = np.where(better, cur_min, best_cmin)
+                cur_min = np.where(better, this_min, cur_min)
+        _codes_into(lf, x, best_cmin, best_iscale, vmin, vmax, nmax)
+        L = lf.astype(np.uint8)
     # a flat group (max == min): all codes 0, scale 0, offset the clamped min
     if flat.any():
-        L = np.where(flat, 0, L)
+        L[:, flat] = 0
         scale = np.where(flat, f32(0), scale)
         cur_min = np.where(flat, vmin, cur_min)
-    return L.astype(np.uint8), scale.astype(np.float32), (-cur_min).astype(np.float32)
+    return L, scale.astype(np.float32), (-cur_min).astype(np.float32)
 
 
 def make_qkx2_quants(x: np.ndarray, weights: np.ndarray, nmax: int, rmin: float, rdelta: float, nstep: int):
