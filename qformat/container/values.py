@@ -212,11 +212,19 @@ def _int_bounds(t: ValueType) -> tuple[int, int]:
     return int(info.min), int(info.max)
 
 
+def _check_utf8(key: str, s: str) -> None:
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError as e:  # lone surrogates: a str that is not Unicode text
+        raise WriteError(f"key {key!r}: string {s!r} cannot be encoded as UTF-8 ({e.reason})") from None
+
+
 def _check_scalar(key: str, value: Any, t: ValueType) -> Any:
     """Return ``value`` as the numpy scalar (or bool/str) of type ``t``, or raise ValueOutOfRange."""
     if t is ValueType.STRING:
         if not isinstance(value, str):
             raise WriteError(f"key {key!r}: STRING value must be str, got {type(value).__name__}")
+        _check_utf8(key, value)
         return value
     if t is ValueType.BOOL:
         if not isinstance(value, (bool, np.bool_)):
@@ -234,7 +242,8 @@ def _check_scalar(key: str, value: Any, t: ValueType) -> Any:
         if not lo <= int(value) <= hi:
             raise ValueOutOfRange(f"key {key!r}: {int(value)} does not fit {t.name} [{lo}, {hi}]")
         return dt.type(int(value))
-    out = dt.type(value)
+    with np.errstate(over="ignore"):
+        out = dt.type(value)
     if np.isinf(out) and not np.isinf(value):
         raise ValueOutOfRange(f"key {key!r}: {value!r} overflows {t.name}")
     return out
@@ -249,6 +258,7 @@ def _check_array(key: str, value: Any, elem: ValueType, depth: int) -> Any:
         for s in items:
             if not isinstance(s, str):
                 raise WriteError(f"key {key!r}: ARRAY of STRING holds a {type(s).__name__}")
+            _check_utf8(key, s)
         return items
     if elem is ValueType.ARRAY:
         out = []

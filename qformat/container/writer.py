@@ -214,6 +214,8 @@ def prepare_tensor(name: str, value: Any) -> _Pending:
             return _Pending(name, shape, qt, _tensor_nbytes(shape, qt),
                             lambda: _as_bytes(arr.astype(QTYPE_DTYPE[qt])))
         raise UnsupportedType(f"tensor {name!r}: qformat cannot encode {arr.dtype} to {qt.name}")
+    if isinstance(value, np.generic):
+        value = np.asarray(value)  # a numpy scalar: stored as shape (1,)
     if not isinstance(value, np.ndarray):
         raise WriteError(f"tensor {name!r}: expected a numpy array or (array, qtype), got {type(value).__name__}")
     qt = DTYPE_QTYPE.get(value.dtype.newbyteorder("="))
