@@ -174,3 +174,34 @@ class VerificationError(QFormatError):
     """A file no longer reproduces the round-trip statistics recorded in it, or exceeds a bound."""
 
     rule = "verify"
+
+
+# --- sources and command-line outputs (qformat.sources, qformat.convert) ----------------------
+class SourceError(QFormatError):
+    """A tensor source file (.safetensors, .npz, .npy) is malformed or unusable."""
+
+    rule = "source"
+
+
+class SafetensorsError(SourceError):
+    """A .safetensors file breaks a rule of its format (header length, JSON header, offsets, dtype)."""
+
+    rule = "safetensors"
+
+
+class NumpyFileError(SourceError):
+    """A .npy or .npz file cannot be read as plain numeric arrays."""
+
+    rule = "npy"
+
+
+class UnsupportedSource(SourceError):
+    """The file is not of a kind qformat reads tensors from (by extension), or is missing."""
+
+    rule = "source-kind"
+
+
+class OutputConflict(QFormatError):
+    """The output path exists (without ``force``) or is the input file itself."""
+
+    rule = "output"
