@@ -68,6 +68,47 @@ def test_encode_and_decode_match_ggml(ggml_ref, qt, rows, nblocks, scale, kind, 
         np.testing.assert_array_equal(dequantize(ours, qt).view(np.uint32), ggml_ref.dequantize(ref, qt).view(np.uint32))
 
 
+WEIGHTED_TYPES = ["Q4_0", "Q4_1", "Q5_0", "Q5_1"]
+
+
+@settings(max_examples=40, deadline=None)
+@given(qt=st.sampled_from(WEIGHTED_TYPES), rows=st.integers(1, 4), nblocks=st.integers(1, 12),
+       scale=st.sampled_from(SCALES), kind=st.sampled_from(KINDS), wkind=st.sampled_from(["dense", "sparse", "zero"]),
+       seed=st.integers(0, 2**32 - 1))
+def test_importance_weighted_encode_matches_ggml(ggml_ref, qt, rows, nblocks, scale, kind, wkind, seed):
+    """With an imatrix: ggml's quantize_<t> (make_qx_quants / make_qkx3_quants, sigma2 over the row)."""
+    x = _inputs(seed, rows, nblocks, 32, scale, kind)
+    rng = np.random.default_rng(seed ^ 0x5EED)
+    imatrix = (rng.random(x.shape[1]) ** 2 * 5).astype(np.float32)
+    if wkind == "sparse":
+        imatrix[rng.random(x.shape[1]) < 0.7] = 0
+    elif wkind == "zero":
+        imatrix[:] = 0
+    ours = quantize(x, qt, imatrix=imatrix)
+    ref = ggml_ref.quantize(x, qt, imatrix=imatrix)
+    nbytes = BLOCK[QType[qt]].nbytes
+    bad = np.flatnonzero((ours.reshape(-1, nbytes) != ref.reshape(-1, nbytes)).any(axis=1))
+    assert bad.size == 0, f"{qt}: blocks {bad.tolist()} differ"
+
+
+@pytest.mark.parametrize("qt", WEIGHTED_TYPES)
+def test_importance_weighted_long_rows_cross_chunks(ggml_ref, qt):
+    """Rows longer than one registry chunk and many rows: sigma2 must be taken per whole row."""
+    rng = np.random.default_rng(3)
+    for shape in [(3, 70016), (300, 512)]:
+        x = (rng.standard_normal(shape) * rng.lognormal(0, 2, (shape[0], 1))).astype(np.float32)
+        imatrix = rng.random(shape[1]).astype(np.float32)
+        np.testing.assert_array_equal(quantize(x, qt, imatrix=imatrix), ggml_ref.quantize(x, qt, imatrix=imatrix))
+
+
+def test_importance_weights_change_the_encoding():
+    """The weighted path is really taken (an imatrix that favours some columns changes the bytes)."""
+    x = np.random.default_rng(4).standard_normal((2, 256)).astype(np.float32)
+    imatrix = np.where(np.arange(256) % 3 == 0, 10.0, 0.01).astype(np.float32)
+    for qt in WEIGHTED_TYPES:
+        assert (quantize(x, qt, imatrix=imatrix) != quantize(x, qt)).any()
+
+
 @pytest.mark.parametrize("qt", ENCODE_TYPES + ["Q8_1"])
 def test_large_batch_matches_ggml(ggml_ref, qt):
     """Many blocks at once, across the chunk boundary of the registry wrapper."""
@@ -158,6 +199,14 @@ def test_types_whose_ggml_encoder_ignores_an_imatrix_reject_one(qt):
     elems = BLOCK[QType[qt]].elems
     with pytest.raises(CodecError, match="importance"):
         qformat.codecs.quantize(np.ones(elems, np.float32), qt, imatrix=np.ones(elems, np.float32))
+
+
+@pytest.mark.parametrize("qt", WEIGHTED_TYPES)
+def test_bad_imatrix_is_rejected(qt):
+    x = np.ones((2, 64), np.float32)
+    for bad in (np.ones(32, np.float32), -np.ones(64, np.float32), np.full(64, np.nan, np.float32)):
+        with pytest.raises(CodecError, match="imatrix"):
+            quantize(x, qt, imatrix=bad)
 
 
 def test_shapes_are_kept():

@@ -36,6 +36,9 @@ class Codec:
     weighted: bool = False
     #: float input values that the type cannot hold must raise (plain float types allow inf/nan)
     finite_only: bool = True
+    #: with weights, ``encode`` also gets ``row_blocks=`` (blocks per row): its weighting uses
+    #: statistics of the whole row (the legacy types' sigma2)
+    row_stats: bool = False
     doc: str = field(default="", compare=False)
 
 
@@ -129,7 +132,8 @@ def quantize(x, qtype: QTypeLike, *, mode: str = "ggml", imatrix=None) -> np.nda
         w = None
         if wblocks is not None:
             w = np.tile(wblocks, ((e - s) // per_row, 1))
-        out[s:e] = codec.encode(blocks[s:e], mode=mode, weights=w)
+        extra = {"row_blocks": per_row} if codec.row_stats and w is not None else {}
+        out[s:e] = codec.encode(blocks[s:e], mode=mode, weights=w, **extra)
     return out.reshape(*lead, n // elems * nbytes)
 
 

@@ -47,6 +47,8 @@ import numpy as np
 from ..types import QType
 from . import Codec, register
 from .floats import fp16_bits_to_fp32, fp32_to_fp16_bits
+from ..search.ggml import make_qkx3_quants
+from ..search.ggml_sym import make_qx_quants
 
 f32 = np.float32
 
@@ -295,6 +297,59 @@ def _decode_q1_0(blocks: np.ndarray) -> np.ndarray:
     return np.where(bits, d, -d).astype(np.float32)
 
 
+# --- importance-weighted encoders (ggml's quantize_q4_0 / q4_1 / q5_0 / q5_1 with an imatrix) ------
+
+def _importance(x: np.ndarray, qw: np.ndarray, row_blocks: int) -> np.ndarray:
+    """ggml's per-value weight ``qw * sqrt(sigma2 + x*x)``, ``sigma2`` = mean of x*x over the ROW.
+
+    The row, not the block: ``sigma2`` is summed one value after another over all ``n_per_row``
+    values (``np.add.accumulate`` is that sequential float32 sum) and divided by the row length.
+    """
+    n_row = row_blocks * x.shape[1]
+    sq = (x * x).reshape(-1, n_row)
+    sigma2 = np.add.accumulate(sq, axis=1)[:, -1] / f32(n_row)
+    sigma2 = np.repeat(sigma2, row_blocks).reshape(-1, 1)
+    return (qw * np.sqrt(sigma2 + x * x)).astype(np.float32)
+
+
+def _weighted_symmetric(x: np.ndarray, weight: np.ndarray, half: int) -> tuple[np.ndarray, np.ndarray]:
+    """(d, codes) of ``make_qx_quants(32, half, x, L, rmse_type=1, weight)``: Q4_0 (8) / Q5_0 (16)."""
+    scale, levels = make_qx_quants(np.ascontiguousarray(x.T), half, np.ascontiguousarray(weight.T))
+    return scale.reshape(-1, 1), levels.T.astype(np.int64)
+
+
+def _weighted_affine(x: np.ndarray, weight: np.ndarray, nmax: int):
+    """(d, m, codes) of ``make_qkx3_quants(32, nmax, x, weight, ..., -0.9, 0.05, 36)``: Q4_1 / Q5_1."""
+    codes, scale, the_min = make_qkx3_quants(np.ascontiguousarray(x.T), np.ascontiguousarray(weight.T),
+                                             nmax, -0.9, 0.05, 36)
+    return scale.reshape(-1, 1), -the_min.reshape(-1, 1), codes.T.astype(np.int64)
+
+
+def _encode_weighted(kind: str):
+    """The registry encoder of one of Q4_0/Q4_1/Q5_0/Q5_1: the reference without weights, ggml's
+    importance-weighted search with them (``row_blocks`` tells where rows start, for ``sigma2``)."""
+    ref = {"q4_0": _encode_q4_0_ref, "q4_1": _encode_q4_1_ref, "q5_0": _encode_q5_0_ref, "q5_1": _encode_q5_1_ref}[kind]
+    five_bit = kind.startswith("q5")
+    nmax = 31 if five_bit else 15
+
+    def encode(x, *, mode="ggml", weights=None, row_blocks=None):
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        if weights is None:
+            return ref(x)
+        if row_blocks is None or x.shape[0] % row_blocks:
+            raise ValueError(f"{kind.upper()}: weighted encoding needs whole rows (row_blocks)")
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            w = _importance(x, np.asarray(weights, dtype=np.float32), row_blocks)
+            if kind.endswith("_0"):
+                d, codes = _weighted_symmetric(x, w, (nmax + 1) // 2)
+                return _store(d, None, codes & 0xFF, five_bit)
+            d, m, codes = _weighted_affine(x, w, nmax)
+            return _store(d, m, codes & 0xFF, five_bit)
+
+    encode.__name__ = f"_encode_{kind}"
+    return encode
+
+
 # --- registration -------------------------------------------------------------------------
 
 def _reference_only(ref):
@@ -308,10 +363,11 @@ def _reference_only(ref):
     return encode
 
 
-register(Codec(QType.Q4_0, _decode_q4_0, _reference_only(_encode_q4_0_ref), doc="4-bit, scale from signed max"))
-register(Codec(QType.Q4_1, _decode_q4_1, _reference_only(_encode_q4_1_ref), doc="4-bit, scale and min"))
-register(Codec(QType.Q5_0, _decode_q5_0, _reference_only(_encode_q5_0_ref), doc="5-bit, scale from signed max"))
-register(Codec(QType.Q5_1, _decode_q5_1, _reference_only(_encode_q5_1_ref), doc="5-bit, scale and min"))
+_WEIGHTED = dict(weighted=True, row_stats=True)
+register(Codec(QType.Q4_0, _decode_q4_0, _encode_weighted("q4_0"), **_WEIGHTED, doc="4-bit, scale from signed max"))
+register(Codec(QType.Q4_1, _decode_q4_1, _encode_weighted("q4_1"), **_WEIGHTED, doc="4-bit, scale and min"))
+register(Codec(QType.Q5_0, _decode_q5_0, _encode_weighted("q5_0"), **_WEIGHTED, doc="5-bit, scale from signed max"))
+register(Codec(QType.Q5_1, _decode_q5_1, _encode_weighted("q5_1"), **_WEIGHTED, doc="5-bit, scale and min"))
 register(Codec(QType.Q8_0, _decode_q8_0, _reference_only(_encode_q8_0), doc="8-bit, absmax scale"))
 register(Codec(QType.Q8_1, None, _reference_only(_encode_q8_1), doc="8-bit activations; encode only"))
 register(Codec(QType.Q1_0, _decode_q1_0, _reference_only(_encode_q1_0), doc="1-bit signs, mean |x| scale"))
