@@ -209,3 +209,74 @@ def test_bad_input_raises_codec_error(qt):
         qformat.dequantize(np.zeros((1, BLOCK[qt].nbytes + 1), np.uint8), qt)
     with pytest.raises(CodecError):
         qformat.dequantize(np.zeros((1, BLOCK[qt].nbytes), np.int16), qt)
+
+
+# --- decode-only lattice types ------------------------------------------------------------------
+
+LATTICE = [QType.IQ2_XXS, QType.IQ2_XS, QType.IQ2_S, QType.IQ3_XXS, QType.IQ3_S, QType.IQ1_S, QType.IQ1_M]
+
+
+def _with_unit_scale(raw: np.ndarray, qt: QType) -> np.ndarray:
+    """Random blocks whose fp16 super-scale is 1.0, so that every value is finite and checked."""
+    raw = raw.copy()
+    if qt == QType.IQ1_M:  # the fp16 is spread over the top nibbles of the 4 scale words at 48..55
+        for k, nib in enumerate((0x0, 0x0, 0xC, 0x3)):  # 0x3C00, least significant nibble first
+            raw[:, 49 + 2 * k] = (raw[:, 49 + 2 * k] & 0x0F) | (nib << 4)
+    else:
+        raw[:, 0:2] = [0x00, 0x3C]
+    return raw
+
+
+@pytest.mark.parametrize("qt", LATTICE)
+def test_lattice_grids_match_ggml_entry_by_entry(ggml_ref, qt):
+    """4096 random blocks with scale 1: each makes at least 32 grid look-ups, so every entry of the
+    largest grid (IQ1's 2048) is hit about 64 times; decoded values are compared bit for bit, which
+    checks qformat/codecs/iq_grids.npz, the index bit-fields and the scale formulas together."""
+    raw = _with_unit_scale(np.random.default_rng(int(qt)).integers(0, 256, (4096, BLOCK[qt].nbytes), np.uint8), qt)
+    got = qformat.dequantize(raw, qt)
+    assert np.isfinite(got).all()
+    assert same_bits(got, ggml_ref.dequantize(raw, qt))
+
+
+@pytest.mark.parametrize("qt", LATTICE)
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), nblocks=st.integers(1, 64))
+def test_lattice_random_bytes_match_ggml(ggml_ref, qt, seed, nblocks):
+    assert_random_bytes_decode_like_ggml(ggml_ref, qt, seed, nblocks)
+
+
+@pytest.mark.parametrize("qt", LATTICE[:5])
+def test_lattice_signs_flip_nan_like_ggml(ggml_ref, qt):
+    """With a NaN scale, ggml's sign step flips the NaN's sign bit (it is compiled as a negation)."""
+    raw = np.random.default_rng(9).integers(0, 256, (32, BLOCK[qt].nbytes), np.uint8)
+    raw[:16, 0:2] = [0x6C, 0xFC]  # -sNaN
+    raw[16:, 0:2] = [0x00, 0x7E]  # +qNaN
+    got = qformat.dequantize(raw, qt)
+    assert np.isnan(got).all() and (np.signbit(got)).any() and (~np.signbit(got)).any()
+    assert same_bits(got, ggml_ref.dequantize(raw, qt))
+
+
+def test_ksigns_rule():
+    s = iquants._ksigns(np.arange(128, dtype=np.uint8))
+    assert np.array_equal(s & 127, np.arange(128))
+    assert all(bin(int(v)).count("1") % 2 == 0 for v in s)  # an even number of minus signs
+
+
+def test_grid_tables_have_ggml_shapes_and_values():
+    shapes = {"iq2xxs_grid": (256, 8), "iq2xs_grid": (512, 8), "iq2s_grid": (1024, 8), "iq3xxs_grid": (256, 4),
+              "iq3s_grid": (512, 4), "iq1s_grid": (2048, 8)}
+    for name, shape in shapes.items():
+        g = iquants.grid(name)
+        assert g.shape == shape and g.dtype == np.float32
+        assert len(np.unique(g, axis=0)) == shape[0]  # distinct lattice points
+    assert set(np.unique(iquants.grid("iq2xxs_grid"))) == {8.0, 25.0, 43.0}
+    assert set(np.unique(iquants.grid("iq1s_grid"))) == {-1.0, 0.0, 1.0}
+
+
+@pytest.mark.parametrize("qt", LATTICE)
+def test_lattice_types_are_decode_only(qt):
+    assert qformat.can_decode(qt) and not qformat.can_encode(qt)
+    with pytest.raises(qformat.UnsupportedType):
+        qformat.quantize(np.zeros((1, 256), np.float32), qt)
+    with pytest.raises(CodecError):
+        qformat.dequantize(np.zeros((2, BLOCK[qt].nbytes - 1), np.uint8), qt)

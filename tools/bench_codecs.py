@@ -31,6 +31,7 @@ from qformat.types import QType  # noqa: E402
 
 #: types benchmarked by default
 TYPES = ["Q4_K", "Q5_K", "IQ4_NL", "IQ4_XS", "MXFP4", "NVFP4", "TQ1_0", "TQ2_0"]
+TYPES += ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q1_0", "F16", "BF16"]  # legacy blocks and float types
 
 
 def _best_seconds(fn, repeat: int) -> float:

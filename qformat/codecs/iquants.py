@@ -1,4 +1,7 @@
-"""ggml's non-linear "IQ" block types: IQ4_NL and IQ4_XS (encode + decode).
+"""ggml's non-linear "IQ" block types: IQ4_NL and IQ4_XS (encode + decode); IQ2_XXS, IQ2_XS,
+IQ2_S, IQ3_XXS, IQ3_S, IQ1_S and IQ1_M (decode only: ggml makes them only with an importance
+matrix and a lattice search; their layouts are in spec/codecs/<type>.md, their grids in
+``iq_grids.npz`` next to this file, written by tools/gen_iq_tables.py from ggml-common.h).
 
 Both store 4-bit indices into one fixed table of 16 signed levels, ``KVALUES_IQ4NL`` (ggml's
 ``kvalues_iq4nl``), times a scale; the levels are denser near zero than a uniform grid.
@@ -38,11 +41,14 @@ encoder is byte-identical to ggml and the decoder bit-identical (see tests/test_
 """
 from __future__ import annotations
 
+from functools import lru_cache
+from pathlib import Path
+
 import numpy as np
 
 from ..types import QType
 from . import Codec, register
-from .bits import fp32_to_fp16_bits, read_fp16, write_fp16
+from .bits import fp16_bits_to_fp32, fp32_to_fp16_bits, read_fp16, write_fp16
 
 #: ggml's ``kvalues_iq4nl``: the 16 levels of IQ4_NL and IQ4_XS (sorted ascending).
 KVALUES_IQ4NL = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113], np.int8)
@@ -214,3 +220,173 @@ register(Codec(QType.IQ4_NL, _iq4nl_decode, _iq4nl_encode, weighted=True,
                doc="4-bit non-linear levels, fp16 scale per 32"))
 register(Codec(QType.IQ4_XS, _iq4xs_decode, _iq4xs_encode, weighted=True,
                doc="4-bit non-linear levels, 6-bit scales per 32, fp16 per 256"))
+
+
+# --- decode-only lattice types: IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S, IQ1_S, IQ1_M ----------
+#
+# ggml can only produce these with an importance matrix and a lattice search; qformat reads them.
+# Their values come from fixed grids (qformat/codecs/iq_grids.npz, extracted from ggml-common.h by
+# tools/gen_iq_tables.py); the byte layouts are in spec/codecs/<type>.md.
+
+_GRID_FILE = Path(__file__).resolve().parent / "iq_grids.npz"
+_KMASK = (np.uint8(1) << np.arange(8, dtype=np.uint8)).astype(np.uint8)
+
+
+@lru_cache(maxsize=None)
+def grid(name: str) -> np.ndarray:
+    """One of ggml's IQ grids as float32 ``(entries, 8 or 4)`` (IQ1's grid holds -1, 0, 1)."""
+    with np.load(_GRID_FILE) as z:
+        raw = z[name]
+    return (raw.view(np.int8) if name == "iq1s_grid" else raw).astype(_F32)
+
+
+def _ksigns(seven: np.ndarray) -> np.ndarray:
+    """ggml's ``ksigns_iq2xs``: 7 stored sign bits plus an 8th making the number of minus signs even."""
+    s = np.asarray(seven, dtype=np.uint8)
+    parity = s ^ (s >> 4)
+    parity ^= parity >> 2
+    parity ^= parity >> 1
+    return s | ((parity & 1) << 7)
+
+
+def _signed(v: np.ndarray, sign_bytes: np.ndarray) -> np.ndarray:
+    """Negate ``v[..., j]`` (last axis of 8) where bit j of ``sign_bytes[...]`` is set.
+
+    ggml writes ``v * (bit ? -1.f : 1.f)``, which the compiler turns into a sign flip: a NaN
+    changes sign too (a real multiply by -1 would keep it), so we negate rather than multiply.
+    """
+    return np.where((sign_bytes[..., None] & _KMASK) != 0, -v, v)
+
+
+def _u32(b: np.ndarray) -> np.ndarray:
+    """(..., 4k) bytes -> (..., k) little-endian uint32 words."""
+    return np.ascontiguousarray(b).view("<u4").astype(np.uint32)
+
+
+def _u16(b: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(b).view("<u2").astype(np.uint32)
+
+
+def _half_step_scale(d: np.ndarray, code: np.ndarray, step: float) -> np.ndarray:
+    """IQ2/IQ3_XXS sub-block scale ``d * (0.5 + code) * step`` with ggml's float32 operation order."""
+    d = d.reshape(d.shape + (1,) * (code.ndim - 1))
+    return (d * (_F32(0.5) + code.astype(_F32))) * _F32(step)
+
+
+def _iq2xxs_decode(blocks):
+    nb = blocks.shape[0]
+    d = read_fp16(blocks, 0)
+    q = blocks[:, 2:66].reshape(nb, 8, 8)
+    aux = _u32(q[:, :, 4:8]).reshape(nb, 8)
+    db = _half_step_scale(d, aux >> 28, 0.25)  # (nb, 8)
+    signs = _ksigns(((aux[:, :, None] >> (7 * np.arange(4, dtype=np.uint32))) & 127).astype(np.uint8))
+    vals = grid("iq2xxs_grid")[q[:, :, :4]]  # (nb, 8, 4, 8)
+    return _signed(db[:, :, None, None] * vals, signs).reshape(nb, 256)
+
+
+def _iq2xs_decode(blocks):
+    nb = blocks.shape[0]
+    d = read_fp16(blocks, 0)
+    qs = _u16(blocks[:, 2:66]).reshape(nb, 8, 4)
+    sc = blocks[:, 66:74]
+    db = _half_step_scale(d, np.stack([sc & 0xF, sc >> 4], axis=2), 0.25)  # (nb, 8, 2)
+    dl = np.repeat(db, 2, axis=2)  # l = 0,1 use the low nibble, l = 2,3 the high one
+    vals = grid("iq2xs_grid")[qs & 511]
+    signs = _ksigns((qs >> 9).astype(np.uint8))
+    return _signed(dl[..., None] * vals, signs).reshape(nb, 256)
+
+
+def _iq2s_decode(blocks):
+    nb = blocks.shape[0]
+    d = read_fp16(blocks, 0)
+    low = blocks[:, 2:34].reshape(nb, 8, 4).astype(np.uint32)
+    signs = blocks[:, 34:66].reshape(nb, 8, 4)
+    qh = blocks[:, 66:74].astype(np.uint32)
+    sc = blocks[:, 74:82]
+    shift = (8 - 2 * np.arange(4, dtype=np.uint32))
+    idx = low | ((qh[:, :, None] << shift) & 0x300)
+    db = _half_step_scale(d, np.stack([sc & 0xF, sc >> 4], axis=2), 0.25)
+    dl = np.repeat(db, 2, axis=2)
+    vals = grid("iq2s_grid")[idx]
+    return _signed(dl[..., None] * vals, signs).reshape(nb, 256)
+
+
+def _iq3xxs_decode(blocks):
+    nb = blocks.shape[0]
+    d = read_fp16(blocks, 0)
+    qs = blocks[:, 2:66].reshape(nb, 8, 4, 2)
+    aux = _u32(blocks[:, 66:98]).reshape(nb, 8)
+    db = _half_step_scale(d, aux >> 28, 0.5)
+    signs = _ksigns(((aux[:, :, None] >> (7 * np.arange(4, dtype=np.uint32))) & 127).astype(np.uint8))
+    vals = grid("iq3xxs_grid")[qs].reshape(nb, 8, 4, 8)  # two 4-value grid entries per group of 8
+    return _signed(db[:, :, None, None] * vals, signs).reshape(nb, 256)
+
+
+def _iq3s_decode(blocks):
+    nb = blocks.shape[0]
+    d = read_fp16(blocks, 0)
+    qs = blocks[:, 2:66].reshape(nb, 8, 4, 2).astype(np.uint32)
+    qh = blocks[:, 66:74].astype(np.uint32)
+    signs = blocks[:, 74:106].reshape(nb, 8, 4)
+    sc = blocks[:, 106:110]
+    nib = np.stack([sc & 0xF, sc >> 4], axis=2).reshape(nb, 8).astype(np.int32)
+    db = d[:, None] * (1 + 2 * nib).astype(_F32)
+    # the 9th index bit of entry (l, half) is bit 2l+half of qh
+    bit = (2 * np.arange(4, dtype=np.uint32))[:, None] + np.arange(2, dtype=np.uint32)
+    idx = qs | (((qh[:, :, None, None] >> bit) & 1) << 8)
+    vals = grid("iq3s_grid")[idx].reshape(nb, 8, 4, 8)
+    return _signed(db[:, :, None, None] * vals, signs).reshape(nb, 256)
+
+
+_IQ1_DELTA = _F32(0.125)
+
+
+def _iq1_values(dl: np.ndarray, idx: np.ndarray, negative_delta: np.ndarray) -> np.ndarray:
+    """``dl * (grid + delta)`` for IQ1 groups of 8: dl, idx, negative_delta all (nb, 8, 4)."""
+    delta = np.where(negative_delta, -_IQ1_DELTA, _IQ1_DELTA)
+    return dl[..., None] * (grid("iq1s_grid")[idx] + delta[..., None])
+
+
+def _iq1s_decode(blocks):
+    nb = blocks.shape[0]
+    d = read_fp16(blocks, 0)
+    qs = blocks[:, 2:34].reshape(nb, 8, 4).astype(np.uint32)
+    qh = _u16(blocks[:, 34:50]).reshape(nb, 8)
+    dl = d[:, None] * (2 * ((qh >> 12) & 7) + 1).astype(_F32)
+    idx = qs | (((qh[:, :, None] >> (3 * np.arange(4, dtype=np.uint32))) & 7) << 8)
+    neg = np.broadcast_to(((qh & 0x8000) != 0)[:, :, None], idx.shape)
+    return _iq1_values(np.broadcast_to(dl[:, :, None], idx.shape), idx, neg).reshape(nb, 256)
+
+
+def _iq1m_decode(blocks):
+    nb = blocks.shape[0]
+    sc = _u16(blocks[:, 48:56])  # (nb, 4)
+    # the fp16 super-scale is spread over the top nibbles of the four scale words
+    dbits = (sc[:, 0] >> 12) | ((sc[:, 1] >> 8) & 0x00F0) | ((sc[:, 2] >> 4) & 0x0F00) | (sc[:, 3] & 0xF000)
+    d = fp16_bits_to_fp32(dbits.astype(np.uint16))
+    qs = blocks[:, 0:32].reshape(nb, 8, 4).astype(np.uint32)
+    qh = blocks[:, 32:48].reshape(nb, 8, 2).astype(np.uint32)
+    word = sc[:, np.arange(8) // 2] >> (6 * (np.arange(8) % 2)).astype(np.uint32)  # (nb, 8)
+    three = np.stack([word & 7, (word >> 3) & 7], axis=2)  # (nb, 8, 2): groups 0-1, groups 2-3
+    dl = np.repeat(d[:, None, None] * (2 * three + 1).astype(_F32), 2, axis=2)
+    hq = np.repeat(qh, 2, axis=2)  # groups 2l, 2l+1 take their high bits from qh byte l
+    low_nibble = (np.arange(4) % 2) == 0
+    idx = qs | np.where(low_nibble, (hq << 8) & 0x700, (hq << 4) & 0x700)
+    neg = (hq & np.where(low_nibble, 0x08, 0x80)) != 0
+    return _iq1_values(dl, idx, neg).reshape(nb, 256)
+
+
+def _nan_quiet(decode):
+    """Random bytes hold NaN/inf scales; ggml computes through them silently, and so do we."""
+    def run(blocks):
+        with np.errstate(invalid="ignore", over="ignore"):
+            return decode(blocks)
+
+    run.__name__ = decode.__name__
+    return run
+
+
+for _qt, _fn in [(QType.IQ2_XXS, _iq2xxs_decode), (QType.IQ2_XS, _iq2xs_decode), (QType.IQ2_S, _iq2s_decode),
+                 (QType.IQ3_XXS, _iq3xxs_decode), (QType.IQ3_S, _iq3s_decode), (QType.IQ1_S, _iq1s_decode),
+                 (QType.IQ1_M, _iq1m_decode)]:
+    register(Codec(_qt, _nan_quiet(_fn), None, doc="lattice (grid) quantization, decode only"))
