@@ -23,7 +23,7 @@ from typing import Optional
 import numpy as np
 
 from ..errors import CodecError
-from ..search.ggml import make_qkx2_quants, make_qkx3_quants, make_qp_quants, nearest_int, seqsum
+from ..search.ggml import make_qkx2_quants, make_qkx3_quants, make_qp_quants, nearest_int, quiet, seqsum
 from ..types import QType
 from . import Codec, register
 from .bits import (
@@ -64,6 +64,7 @@ def _decode_scale_min(blocks: np.ndarray):
     return sc_m[:, 0], sc_m[:, 1]
 
 
+@quiet
 def _decode_sm(blocks: np.ndarray, planes) -> np.ndarray:
     """``(d * sc) * q - (dmin * m)`` per sub-block of 32.
 
@@ -168,6 +169,7 @@ def _encode_sm_impl(x: np.ndarray, qw: Optional[np.ndarray], nmax: int, clamp_sc
     return head, _final_codes(x, head, _rows(codes, 32), nmax)
 
 
+@quiet
 def _encode_sm(x: np.ndarray, mode: str, weights: Optional[np.ndarray], nmax: int, ref_search: tuple,
                clamp_scales: bool):
     """Dispatch between the reference encoder (no weights) and the importance-weighted one."""
@@ -186,6 +188,9 @@ def _q4_k_decode(blocks: np.ndarray) -> np.ndarray:
 
 
 def _q4_k_encode(x: np.ndarray, *, mode: str = "ggml", weights: Optional[np.ndarray] = None) -> np.ndarray:
+    if mode == "best":  # lower-error search, ggml's block kept where it is better (qformat.search.best)
+        from ..search.best import encode_best
+        return encode_best(QType.Q4_K, x, weights)
     # search: rmin -1, rdelta 0.1, 20 steps; the impl packs its 6-bit codes unclamped
     head, codes = _encode_sm(x, mode, weights, 15, (-1.0, 0.1, 20), clamp_scales=False)
     out = np.empty((x.shape[0], 144), dtype=np.uint8)
@@ -194,7 +199,7 @@ def _q4_k_encode(x: np.ndarray, *, mode: str = "ggml", weights: Optional[np.ndar
     return out
 
 
-register(Codec(QType.Q4_K, _q4_k_decode, _q4_k_encode, modes=("ggml",), weighted=True,
+register(Codec(QType.Q4_K, _q4_k_decode, _q4_k_encode, modes=("ggml", "best"), weighted=True,
                doc="4.5 bpw: 8 x 32 sub-blocks, 6-bit scales and mins, 4-bit codes"))
 
 
@@ -215,6 +220,9 @@ def _q5_k_decode(blocks: np.ndarray) -> np.ndarray:
 
 
 def _q5_k_encode(x: np.ndarray, *, mode: str = "ggml", weights: Optional[np.ndarray] = None) -> np.ndarray:
+    if mode == "best":  # lower-error search, ggml's block kept where it is better (qformat.search.best)
+        from ..search.best import encode_best
+        return encode_best(QType.Q5_K, x, weights)
     # search: rmin -0.5, rdelta 0.1, 15 steps; the impl clamps its 6-bit codes to 63
     head, codes = _encode_sm(x, mode, weights, 31, (-0.5, 0.1, 15), clamp_scales=True)
     out = np.empty((x.shape[0], 176), dtype=np.uint8)
@@ -224,5 +232,5 @@ def _q5_k_encode(x: np.ndarray, *, mode: str = "ggml", weights: Optional[np.ndar
     return out
 
 
-register(Codec(QType.Q5_K, _q5_k_decode, _q5_k_encode, modes=("ggml",), weighted=True,
+register(Codec(QType.Q5_K, _q5_k_decode, _q5_k_encode, modes=("ggml", "best"), weighted=True,
                doc="5.5 bpw: 8 x 32 sub-blocks, 6-bit scales and mins, 5-bit codes"))

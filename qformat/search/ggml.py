@@ -15,6 +15,7 @@ Scales and mins are returned as float32 arrays of shape ``(ngroups,)``, codes as
 """
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import numpy as np
@@ -25,6 +26,18 @@ f32 = np.float32
 _ROUND_MAGIC = f32(12582912.0)
 #: ggml's threshold below which a group's largest value counts as zero (GROUP_MAX_EPS)
 GROUP_MAX_EPS = f32(1e-15)
+
+
+def quiet(fn):
+    """Run ``fn`` with numpy's floating-point warnings off: like ggml's C, the searches meet inf and
+    NaN on extreme (finite) inputs and carry them through silently, with well-defined results."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with np.errstate(all="ignore"):
+            return fn(*args, **kwargs)
+
+    return wrapper
 
 
 def nearest_int(v: np.ndarray) -> np.ndarray:
@@ -97,6 +110,7 @@ def _weighted_sq_error(tmp: np.ndarray, lf: np.ndarray, scale: np.ndarray, offse
     return seqsum(tmp)
 
 
+@quiet
 def _make_qkx_quants(x: np.ndarray, w: np.ndarray, nmax: int, rmin: float, rdelta: float, nstep: int):
     """The search shared by ggml's ``make_qkx2_quants`` and ``make_qkx3_quants`` (squared error).
 
@@ -181,6 +195,7 @@ def make_qkx3_quants(x: np.ndarray, weights: Optional[np.ndarray], nmax: int, rm
     return _make_qkx_quants(x, w, nmax, rmin, rdelta, nstep)
 
 
+@quiet
 def make_qp_quants(x: np.ndarray, nmax: int, quant_weights: np.ndarray):
     """ggml ``make_qp_quants``: quantize non-negative values (a block's sub-scales) to ``0..nmax``
     with one scale and no offset, under importance weights.
