@@ -162,6 +162,7 @@ def test_values_out_of_range_are_refused(tmp_path, meta):
     dict(metadata={"k": np.float16(1)}), dict(metadata={"k": "\udc80"}), dict(metadata={"k": np.ones((2, 2))}),
     dict(metadata={"general.alignment": 48}), dict(metadata={"general.alignment": TypedValue(64, VT.INT32)}),
     dict(metadata={"k": ["ok", "\udc80"]}), dict(tensors={"\udc80": np.ones(2, np.float32)}),
+    dict(tensors={"a\0b": np.ones(2, np.float32)}),
     dict(metadata={"general.alignment": 64}, alignment=32), dict(alignment=0), dict(alignment=3),
     dict(tensors={"": np.ones(2, np.float32)}), dict(tensors={"x" * 64: np.ones(2, np.float32)}),
     dict(tensors={"t": np.ones((1, 1, 1, 1, 1), np.float32)}), dict(tensors={"t": np.ones((2, 0), np.float32)}),

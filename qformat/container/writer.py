@@ -13,6 +13,8 @@ Tensors:
   is stored as shape ``(1,)``; 1..4 dimensions, none of them zero;
 * ``(array, qtype)`` encodes float values to ``qtype`` with ``qformat.codecs.quantize`` (the last
   axis must be a multiple of the block size);
+* names are 1..63 bytes of UTF-8 without NUL (ggml truncates names at a NUL, so two different
+  names could become one for it);
 * ``Writer.add_raw(name, data, qtype, shape)`` stores already-encoded bytes (e.g. copied from
   another file with ``GGUFFile.raw``) after checking their size.
 
@@ -162,6 +164,9 @@ def _check_name(name: Any) -> None:
     if not isinstance(name, str):
         raise WriteError(f"tensor names must be str, got {type(name).__name__}")
     n = len(_encode_string(name, "tensor name"))
+    if "\0" in name:
+        # legal GGUF, but ggml keeps names as C strings: "a\0x" would become "a" and could alias
+        raise WriteError(f"tensor name {name!r} contains a NUL character")
     if not 1 <= n <= MAX_NAME_BYTES:
         raise WriteError(f"tensor name {name!r} is {n} bytes; it must be 1..{MAX_NAME_BYTES}")
 
