@@ -205,3 +205,28 @@ class OutputConflict(QFormatError):
     """The output path exists (without ``force``) or is the input file itself."""
 
     rule = "output"
+
+
+# --- importance matrices (qformat.imatrix) ----------------------------------------------------
+class ImatrixError(QFormatError):
+    """An importance-matrix file (llama.cpp's legacy ``imatrix.dat`` or GGUF imatrix) breaks a rule."""
+
+    rule = "imatrix"
+
+
+class ImatrixTruncated(ImatrixError):
+    """A legacy imatrix file ends inside a field, or has bytes after its last field."""
+
+    rule = "imatrix-truncated"
+
+
+class ImatrixBadEntry(ImatrixError):
+    """An imatrix entry has a bad name, count, length, type or value (negative, NaN, inf)."""
+
+    rule = "imatrix-entry"
+
+
+class ImatrixMismatch(ImatrixError):
+    """An imatrix entry's length does not fit the tensor it is applied to."""
+
+    rule = "imatrix-mismatch"
