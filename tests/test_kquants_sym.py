@@ -158,6 +158,17 @@ def test_sequential_sum_is_c_order_and_positive_zero_start():
         assert not np.signbit(sequential_sum(np.full((4, cols), -0.0, dtype=np.float32))).any()
 
 
+@pytest.mark.parametrize("cols", [1, 2, 3, 17, 4096])
+def test_sequential_sum_fast_path_is_left_to_right(cols):
+    """The np.add.reduce fast path must add row after row, exactly like the explicit C loop."""
+    rng = np.random.default_rng(cols)
+    t = (rng.standard_normal((16, cols)) * 10.0 ** rng.integers(-8, 9, (16, cols))).astype(np.float32)
+    acc = np.zeros(cols, dtype=np.float32)
+    for row in t:
+        acc = acc + row
+    assert np.array_equal(sequential_sum(t).view(np.uint32), acc.view(np.uint32))
+
+
 def test_make_qx_quants_zero_group_and_levels_range():
     x = np.zeros((16, 3), dtype=np.float32)
     x[:, 1] = 1e-16  # below GROUP_MAX_EPS: treated as zero

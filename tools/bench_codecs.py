@@ -30,8 +30,10 @@ from qformat import _ggml  # noqa: E402
 from qformat.types import QType  # noqa: E402
 
 #: types benchmarked by default
-TYPES = ["Q4_K", "Q5_K", "IQ4_NL", "IQ4_XS", "MXFP4", "NVFP4", "TQ1_0", "TQ2_0"]
+TYPES = ["Q4_K", "Q5_K", "IQ4_NL", "IQ4_XS", "MXFP4", "NVFP4", "TQ1_0", "TQ2_0", "Q3_K", "Q6_K", "Q8_K"]
 TYPES += ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q1_0", "F16", "BF16"]  # legacy blocks and float types
+#: types ggml_quantize_chunk does not handle (it would abort): ggml's row quantizer is timed instead
+ROW_REF_ONLY = {QType.Q8_K}
 
 
 def _best_seconds(fn, repeat: int) -> float:
@@ -69,7 +71,8 @@ def bench_type(name: str, x: np.ndarray, repeat: int) -> list[tuple[str, str, di
     g_enc, g_dec = _gguf_funcs(qt)
     impls = {
         "qformat": (lambda a: qformat.quantize(a, qt), lambda b: qformat.dequantize(b, qt)),
-        "ggml C": ((lambda a: _ggml.quantize(a, qt), lambda b: _ggml.dequantize(b, qt))
+        "ggml C": (((lambda a: _ggml.quantize_row_ref(a, qt)) if qt in ROW_REF_ONLY else
+                    (lambda a: _ggml.quantize(a, qt)), lambda b: _ggml.dequantize(b, qt))
                    if _ggml.available() else (None, None)),
         "gguf-py": (g_enc, g_dec),
     }

@@ -56,23 +56,22 @@ def _subblocks_t(x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x.reshape(-1, _SUB).T)
 
 
-def _levels_back(levels_t: np.ndarray, nb: int) -> np.ndarray:
-    """Inverse of :func:`_subblocks_t` for the level array: (16, nb*16) -> (nb, 256)."""
-    return np.ascontiguousarray(levels_t.T).reshape(nb, QK_K)
-
-
-def _requantize(x: np.ndarray, levels: np.ndarray, d_sub: np.ndarray, nmax: int) -> np.ndarray:
+def _requantize(xt: np.ndarray, levels_t: np.ndarray, d_sub: np.ndarray, nmax: int) -> np.ndarray:
     """Final pass shared by Q3_K and Q6_K: re-round every value against its stored sub-block scale.
 
-    ``d_sub`` (nb, 16) is the decoded ``d * sc``; where it is zero ggml skips the sub-block and keeps
-    the levels its search produced (so those bytes MUST come from ``levels``).
+    Works in the search layout: ``xt`` (16, nb*16), ``levels_t`` the search's levels (same shape),
+    ``d_sub`` (nb, 16) the decoded ``d * sc``. Where ``d_sub`` is zero ggml skips the sub-block and
+    keeps the levels its search produced (so those bytes MUST come from ``levels_t``). Returns the
+    final levels as uint8 (nb, 256) in block order.
     """
-    nb = x.shape[0]
-    d = np.repeat(d_sub, _SUB, axis=1)
+    nb = d_sub.shape[0]
+    d = d_sub.reshape(1, -1)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        l = nearest_int(x / d)
-    l = np.minimum(np.maximum(l, -nmax), nmax - 1) + nmax
-    return np.where(d != 0, l, levels).reshape(nb, QK_K)
+        l = nearest_int(xt / d)  # x/d may be huge or NaN: the exact C rounding trick is kept
+    np.clip(l, -nmax, nmax - 1, out=l)
+    l += nmax
+    l = np.where(d != 0, l, levels_t).astype(np.uint8)
+    return np.ascontiguousarray(l.T).reshape(nb, QK_K)
 
 
 # --- Q3_K -------------------------------------------------------------------------------------
@@ -141,20 +140,20 @@ def q3_k_decode(blocks: np.ndarray) -> np.ndarray:
         return (np.repeat(dl, _SUB, axis=1) * q).astype(np.float32)
 
 
-def _q3_finish(x: np.ndarray, levels: np.ndarray, scale_codes: np.ndarray, d: np.ndarray) -> np.ndarray:
+def _q3_finish(xt: np.ndarray, levels_t: np.ndarray, scale_codes: np.ndarray, d: np.ndarray) -> np.ndarray:
     """Store the scale codes, take d to fp16, re-round against ``fp16(d) * (code - 32)``, pack."""
     d_bits = fp32_to_fp16_bits(d)
     d_sub = fp16_bits_to_fp32(d_bits)[:, None] * (scale_codes.astype(np.int32) - 32).astype(np.float32)
-    levels = _requantize(x, levels, d_sub, 4)
+    levels = _requantize(xt, levels_t, d_sub, 4)
     return q3_k_pack(levels, scale_codes, d_bits)
 
 
 def _q3_k_encode_ref(x: np.ndarray) -> np.ndarray:
     """``quantize_row_q3_K_ref``: make_q3_quants per sub-block, 6-bit scales against the largest one."""
     nb = x.shape[0]
-    scales_t, levels_t = make_q3_quants(_subblocks_t(x), 4)
+    xt = _subblocks_t(x)
+    scales_t, levels_t = make_q3_quants(xt, 4)
     scales = scales_t.reshape(nb, _NSUB)
-    levels = _levels_back(levels_t, nb)
     max_scale, _ = first_absmax(scales, axis=1)  # a NaN scale (from overflowing x*x) is never picked
     live = max_scale != 0
     safe = np.where(live, max_scale, _F32(1.0))
@@ -162,7 +161,7 @@ def _q3_k_encode_ref(x: np.ndarray) -> np.ndarray:
     codes = np.minimum(np.maximum(nearest_int(iscale[:, None] * scales), -32), 31) + 32
     codes = np.where(live[:, None], codes, 0)  # ggml leaves the scale bytes zeroed
     d = np.where(live, _F32(1.0) / iscale, _F32(0.0)).astype(np.float32)
-    return _q3_finish(x, levels, codes, d)
+    return _q3_finish(xt, levels_t, codes, d)
 
 
 def _q3_k_encode_weighted(x: np.ndarray, qw: np.ndarray) -> np.ndarray:
@@ -175,12 +174,11 @@ def _q3_k_encode_weighted(x: np.ndarray, qw: np.ndarray) -> np.ndarray:
     weight = _subblocks_t(qw) * np.sqrt(sigma_sub + xt * xt)
     sw = sequential_sum(weight)  # (nb*16,)
     scales_t, levels_t = make_qx_quants(xt, 4, weight)
-    levels = _levels_back(levels_t, nb)
     # the 16 sub-block scales of a block are themselves quantized with make_qx_quants(nmax=32)
     d_block, codes_t = make_qx_quants(
         np.ascontiguousarray(scales_t.reshape(nb, _NSUB).T), 32, np.ascontiguousarray(sw.reshape(nb, _NSUB).T)
     )
-    return _q3_finish(x, levels, codes_t.T, d_block)
+    return _q3_finish(xt, levels_t, codes_t.T, d_block)
 
 
 def q3_k_encode(x: np.ndarray, *, mode: str = "ggml", weights: Optional[np.ndarray] = None) -> np.ndarray:
@@ -243,9 +241,9 @@ def q6_k_encode(x: np.ndarray, *, mode: str = "ggml", weights: Optional[np.ndarr
     x = np.ascontiguousarray(x, dtype=np.float32)
     nb = x.shape[0]
     w_t = None if weights is None else _subblocks_t(np.asarray(weights, dtype=np.float32))
-    scales_t, levels_t = make_qx_quants(_subblocks_t(x), 32, w_t)
+    xt = _subblocks_t(x)
+    scales_t, levels_t = make_qx_quants(xt, 32, w_t)
     scales = scales_t.reshape(nb, _NSUB)
-    levels = _levels_back(levels_t, nb)
     max_scale, _ = first_absmax(scales, axis=1)
     live = np.abs(max_scale) >= GROUP_MAX_EPS  # below it ggml writes an all-zero block
     safe = np.where(live, max_scale, _F32(1.0))
@@ -254,7 +252,7 @@ def q6_k_encode(x: np.ndarray, *, mode: str = "ggml", weights: Optional[np.ndarr
     # ggml stores MIN(127, nearest_int(...)) into an int8; the lower end is -128 by construction
     sc = np.minimum(nearest_int(iscale[:, None] * scales), 127).astype(np.int8)
     d_sub = fp16_bits_to_fp32(d_bits)[:, None] * sc.astype(np.float32)
-    levels = _requantize(x, levels, d_sub, 32)
+    levels = _requantize(xt, levels_t, d_sub, 32)
     out = q6_k_pack(levels, sc, d_bits)
     out[~live] = 0
     return out

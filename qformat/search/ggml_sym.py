@@ -44,16 +44,22 @@ from .ggml import GROUP_MAX_EPS, nearest_int
 __all__ = ["GROUP_MAX_EPS", "nearest_int", "sequential_sum", "first_absmax", "make_qx_quants", "make_q3_quants"]
 
 _F32 = np.float32
+_MAGIC = _F32(12582912.0)  # 1.5 * 2**23
 
 
 def sequential_sum(terms: np.ndarray) -> np.ndarray:
     """Sum ``terms`` over axis 0 one element at a time, starting from ``+0.0``, in float32.
 
-    This is C's ``float s = 0; for (...) s += t;`` to the bit. Unlike a sum that starts from the
-    first term, it turns a sum of nothing but ``-0.0`` terms (products that underflowed with a
-    negative sign) into ``+0.0``, as C does; the sign then survives into ``scale = sumlx / suml2``
-    and from there into an fp16 super-block scale byte.
+    This is C's ``float s = 0; for (...) s += t;`` to the bit. Starting from ``+0.0`` (not from the
+    first term) matters: a sum of nothing but ``-0.0`` terms (products that underflowed with a
+    negative sign) is ``+0.0`` in C, and that sign can survive into an fp16 scale byte.
+    ``np.add.reduce`` over the leading axis of a C-contiguous 2-D array with two or more columns adds
+    row after row (numpy sums pairwise only along the innermost axis); other shapes take the loop.
+    ``tests/test_kquants_sym.py`` guards this against the explicit loop.
     """
+    terms = np.ascontiguousarray(terms, dtype=np.float32)
+    if terms.ndim == 2 and terms.shape[1] >= 2:
+        return np.add.reduce(terms, axis=0, initial=_F32(0.0))
     acc = np.zeros(terms.shape[1:], dtype=np.float32)
     for t in terms:
         acc = acc + t
@@ -67,6 +73,17 @@ def first_absmax(a: np.ndarray, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
     first maximum wins, a NaN never wins (every comparison with it is false), and a group with
     nothing above zero reports ``(+0.0, 0.0)``.
     """
+    a = np.asarray(a, dtype=np.float32)
+    if axis == 0 and a.shape[0] <= 64:
+        # the C scan itself, vectorized across the groups (argmax down a strided axis is slower)
+        amax = np.zeros(a.shape[1:], dtype=np.float32)
+        vmax = np.zeros(a.shape[1:], dtype=np.float32)
+        for row in a:
+            ax = np.abs(row)
+            gt = ax > amax
+            amax = np.where(gt, ax, amax)
+            vmax = np.where(gt, row, vmax)
+        return vmax, amax
     ax = np.abs(a)
     ax = np.where(ax > 0, ax, _F32(0.0))  # NaN and -0.0 lose to everything, as in the C scan
     idx = np.expand_dims(np.argmax(ax, axis=axis), axis)  # argmax returns the first maximum
@@ -93,29 +110,46 @@ def make_qx_quants(xt: np.ndarray, nmax: int, weights: Optional[np.ndarray] = No
     w = xt * xt if weights is None else np.asarray(weights, dtype=np.float32)
     wx = w * xt
 
-    def fit(iscale):
-        l = _clamp(nearest_int(iscale * xt), nmax)
-        lf = l.astype(np.float32)
-        return l, sequential_sum(wx * lf), sequential_sum(w * lf * lf)
+    lf = np.empty_like(xt)
+    term = np.empty_like(xt)
 
-    levels, sumlx, suml2 = fit(_F32(-nmax) / safe_max)
-    with np.errstate(divide="ignore", invalid="ignore"):
+    def fit(iscale):
+        # |iscale * x| <= nmax + 1 by construction (|x| <= |max|), far below 2**22, so rounding in
+        # the float domain, (v + 1.5*2**23) - 1.5*2**23, is exactly nearest_int(v) and saves the
+        # round trip through int32
+        np.multiply(iscale, xt, out=lf)
+        np.add(lf, _MAGIC, out=lf)
+        np.subtract(lf, _MAGIC, out=lf)
+        np.clip(lf, _F32(-nmax), _F32(nmax - 1), out=lf)
+        sumlx = sequential_sum(np.multiply(wx, lf, out=term))
+        np.multiply(w, lf, out=term)
+        np.multiply(term, lf, out=term)
+        return sumlx, sequential_sum(term)
+
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        best_iscale = _F32(-nmax) / safe_max
+        sumlx, suml2 = fit(best_iscale)
         scale = np.where(suml2 != 0, sumlx / suml2, _F32(0.0)).astype(np.float32)
-    best = scale * sumlx
-    for step in range(-9, 10):
-        if step == 0:
-            continue
-        iscale = -(_F32(nmax) + _F32(0.1) * _F32(step)) / safe_max
-        l, sumlx, suml2 = fit(iscale)
-        better = (suml2 > 0) & (sumlx * sumlx > best * suml2)
-        if better.any():
-            levels = np.where(better, l, levels)
-            with np.errstate(divide="ignore", invalid="ignore"):
+        best = scale * sumlx
+        for step in range(-9, 10):
+            if step == 0:
+                continue
+            iscale = -(_F32(nmax) + _F32(0.1) * _F32(step)) / safe_max
+            sumlx, suml2 = fit(iscale)
+            better = (suml2 > 0) & (sumlx * sumlx > best * suml2)
+            if better.any():
+                # remember the winning inverse scale, not its levels: the levels are a pure function
+                # of it and are rebuilt once at the end (copying (n, m) levels per step costs more)
+                best_iscale = np.where(better, iscale, best_iscale)
                 new_scale = sumlx / suml2
-            scale = np.where(better, new_scale, scale)
-            best = np.where(better, new_scale * sumlx, best)
+                scale = np.where(better, new_scale, scale)
+                best = np.where(better, new_scale * sumlx, best)
+        fit(best_iscale)
+    np.add(lf, _F32(nmax), out=lf)
+    levels = lf.astype(np.int32)
+    if not live.all():
+        levels[:, ~live] = 0
     scale = np.where(live, scale, _F32(0.0)).astype(np.float32)
-    levels = np.where(live, levels + nmax, 0)
     return scale, levels
 
 
@@ -126,41 +160,46 @@ def make_q3_quants(xt: np.ndarray, nmax: int) -> tuple[np.ndarray, np.ndarray]:
     ``[0, 2*nmax - 1]`` (all 0 for a group below ``GROUP_MAX_EPS``).
     """
     xt = np.asarray(xt, dtype=np.float32)
-    n = xt.shape[0]
+    n, m = xt.shape
     vmax, amax = first_absmax(xt)
     live = amax >= GROUP_MAX_EPS
     safe_max = np.where(live, vmax, _F32(1.0))
     iscale = _F32(-nmax) / safe_max
-    levels = _clamp(nearest_int(iscale * xt), nmax)
+    lv = _clamp(nearest_int(iscale * xt), nmax).astype(np.float32)  # signed levels, as floats
     w = xt * xt
     wx = w * xt
-    lf = levels.astype(np.float32)
-    sumlx = sequential_sum(wx * lf)
-    suml2 = sequential_sum(w * lf * lf)
-    active = live.copy()
+    sumlx = sequential_sum(wx * lv)
+    suml2 = sequential_sum(w * lv * lv)
+    cols = np.flatnonzero(live)  # groups still descending; a pass without a change retires a group
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         for _ in range(5):
-            changed = np.zeros_like(active)
-            for i in range(n):
-                li = levels[i].astype(np.float32)
-                slx = sumlx - wx[i] * li
-                sl2 = suml2 - w[i] * li * li
-                new_l = _clamp(nearest_int(xt[i] * sl2 / slx), nmax)
-                nf = new_l.astype(np.float32)
-                slx_new = slx + wx[i] * nf
-                sl2_new = sl2 + w[i] * nf * nf
-                take = (
-                    active & (slx > 0) & (new_l != levels[i]) & (sl2_new > 0)
-                    & (slx_new * slx_new * suml2 > sumlx * sumlx * sl2_new)
-                )
-                levels[i] = np.where(take, new_l, levels[i])
-                sumlx = np.where(take, slx_new, sumlx)
-                suml2 = np.where(take, sl2_new, suml2)
-                changed |= take
-            active &= changed
-            if not active.any():
+            if cols.size == 0:
                 break
+            if cols.size == m:  # typically the first pass: work in place, no gather
+                x_a, w_a, wx_a, l_a, slx_a, sl2_a = xt, w, wx, lv, sumlx, suml2
+            else:  # later passes touch only the few groups that changed in the previous one
+                x_a, w_a, wx_a, l_a = xt[:, cols], w[:, cols], wx[:, cols], lv[:, cols]
+                slx_a, sl2_a = sumlx[cols], suml2[cols]
+            changed = np.zeros(cols.size, dtype=bool)
+            for i in range(n):
+                li = l_a[i]
+                slx = slx_a - wx_a[i] * li
+                sl2 = sl2_a - w_a[i] * li * li
+                # x*sl2/slx can be huge or NaN here, so the exact C rounding trick is kept
+                new_l = _clamp(nearest_int(x_a[i] * sl2 / slx), nmax).astype(np.float32)
+                slx_new = slx + wx_a[i] * new_l
+                sl2_new = sl2 + w_a[i] * new_l * new_l
+                take = (slx > 0) & (new_l != li) & (sl2_new > 0)
+                take &= slx_new * slx_new * sl2_a > slx_a * slx_a * sl2_new
+                l_a[i] = np.where(take, new_l, li)
+                slx_a = np.where(take, slx_new, slx_a)
+                sl2_a = np.where(take, sl2_new, sl2_a)
+                changed |= take
+            lv[:, cols] = l_a
+            sumlx[cols] = slx_a
+            suml2[cols] = sl2_a
+            cols = cols[changed]
         scale = np.where(suml2 > 0, sumlx / suml2, _F32(0.0)).astype(np.float32)
     scale = np.where(live, scale, _F32(0.0)).astype(np.float32)
-    levels = np.where(live, levels + nmax, 0)
+    levels = np.where(live, lv.astype(np.int32) + nmax, 0)
     return scale, levels
