@@ -68,6 +68,27 @@ def test_nvfp4_scale_rounding_sweep(ggml_ref):
     assert np.array_equal(qformat.quantize(x, QType.NVFP4), ggml_ref.quantize(x, QType.NVFP4))
 
 
+def test_nvfp4_saturated_scales_match_ggml(ggml_ref):
+    """Past amax = 6*448 the UE4M3 scale saturates; values then dwarf the levels and distant codes
+    tie after float32 rounding (ggml keeps the first), which the neighbour shortcut must not decide."""
+    rng = np.random.default_rng(4)
+    mags = np.float32(10.0) ** rng.uniform(3, 38, 512).astype(np.float32)
+    x = (rng.standard_normal((512, 64)) * mags[:, None]).astype(np.float32)
+    x[~np.isfinite(x)] = np.float32(1e38)
+    assert np.array_equal(qformat.quantize(x, QType.NVFP4), ggml_ref.quantize(x, QType.NVFP4))
+
+
+@settings(max_examples=100, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), e=st.integers(0, 255), spread=st.floats(0.0, 16.0))
+def test_neighbour_shortcut_equals_the_full_scan(seed, e, spread):
+    """fp4._nearest_code (two neighbours) against ggml's scan of all 16 codes, written out in numpy."""
+    scale = fp4.e8m0_half_to_fp32(np.array([e] * 4, np.uint8))
+    with np.errstate(over="ignore"):
+        x = (np.random.default_rng(seed).uniform(-spread, spread, (4, 32)).astype(np.float32) * scale[:, None])
+    x[~np.isfinite(x)] = 0
+    np.testing.assert_array_equal(fp4._nearest_code(x, scale), fp4._scan_code(x, scale))
+
+
 def test_ue4m3_conversions_round_trip():
     # codes with exponent field 1..14 (and the subnormals) survive value -> code; ggml's encoder sends
     # everything from 2^8 up to the single code 0x7E (448), so 0x78..0x7D are never produced

@@ -84,11 +84,44 @@ def fp32_to_ue4m3(x: np.ndarray) -> np.ndarray:
     return np.where(pos, out, 0).astype(np.uint8)
 
 
-def _nearest_code(x: np.ndarray, scale: np.ndarray) -> np.ndarray:
-    """Code 0..15 minimising |level*scale - x| (first strict minimum), float32 as ggml."""
-    with np.errstate(over="ignore"):  # a wrapped-around exponent can push 12*scale to inf, as in ggml
-        err = np.abs(_LEVELS[:, None, None] * scale[None] - x[None])
+#: the non-negative levels, ascending; codes 0..7 hold them and codes 8..15 their negatives
+_MAGNITUDES = _LEVELS[:8]
+
+
+def _scan_code(x: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """ggml's scan as written: all 16 codes, first strict minimum of |level*scale - x|."""
+    with np.errstate(over="ignore"):
+        err = np.abs(_LEVELS[:, None, None] * scale.reshape(1, -1, 1) - x[None])
     return np.argmin(err, axis=0).astype(np.uint8)
+
+
+def _nearest_code(x: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """Code 0..15 minimising |level*scale - x| (first strict minimum), float32 as ggml.
+
+    ggml scans all 16 codes; we get the same answer from the two neighbouring magnitudes of |x|:
+    float32 subtraction is sign-symmetric, so a negative x sees the negative levels exactly as |x|
+    sees the positive ones, and codes 0..7 come first in the scan (so 0 beats "-0"). Levels
+    further away cannot tie as long as |x| < 16*scale: neighbouring levels are at least ``scale``
+    apart, far more than a float32 rounding step of numbers that size. That always holds for
+    MXFP4; NVFP4 blocks whose scale saturated at 448 (where huge values make distant levels tie
+    after rounding) take ggml's full scan, and so do zero scales (all levels equal: code 0).
+    """
+    a = np.abs(x)
+    scale = scale.reshape(-1)
+    with np.errstate(over="ignore", invalid="ignore"):  # a wrapped exponent can push 12*scale to inf
+        lv = (_MAGNITUDES[None, :] * scale[:, None]).astype(_F32)  # (rows, 8)
+        k = np.zeros(x.shape, np.uint8)
+        for j in range(1, 8):
+            k += a >= lv[:, j:j + 1]
+        rows = np.arange(x.shape[0])[:, None]
+        lo = lv[rows, k]
+        hi = lv[rows, np.minimum(k + 1, 7)]
+        up = (k < 7) & ((hi - a) < (a - lo))
+        code = np.where((x < 0) & ((k + up) != 0), k + up + 8, k + up).astype(np.uint8)
+        slow = (scale == 0) | (a.max(axis=1) >= _F32(16) * scale)
+    if slow.any():
+        code[slow] = _scan_code(x[slow], scale[slow])
+    return code
 
 
 def _pack(codes: np.ndarray, half: int) -> np.ndarray:
