@@ -76,9 +76,8 @@ def fp16_bits_to_fp32(bits: np.ndarray) -> np.ndarray:
     """ggml's fp16 -> fp32 conversion of uint16 bits (exact; NaNs come out quiet)."""
     bits = np.asarray(bits, dtype=np.uint16)
     out = bits.view(np.float16).astype(np.float32)
-    nan = (bits & np.uint16(0x7C00)) == np.uint16(0x7C00)
-    nan &= (bits & np.uint16(0x03FF)) != 0
-    if nan.any():
+    if bits.size and (bits & np.uint16(0x7FFF)).max() > 0x7C00:  # some NaN: only then build the mask
+        nan = (bits & np.uint16(0x7FFF)) > np.uint16(0x7C00)
         wide = bits.astype(np.uint32)
         quiet = ((wide & np.uint32(0x8000)) << np.uint32(16)) | np.uint32(0x7FC00000)
         quiet |= (wide & np.uint32(0x03FF)) << np.uint32(13)
@@ -86,12 +85,22 @@ def fp16_bits_to_fp32(bits: np.ndarray) -> np.ndarray:
     return out
 
 
+#: every fp16 bit pattern's float32 value; a table lookup is about twice as fast as numpy's cast
+_F16_TABLE = fp16_bits_to_fp32(np.arange(1 << 16, dtype=np.uint16))
+_F16_TABLE.flags.writeable = False
+
+
+def decode_fp16(bits: np.ndarray) -> np.ndarray:
+    """uint16 fp16 bit patterns -> float32, exactly as ggml converts them (NaNs included)."""
+    return np.take(_F16_TABLE, np.asarray(bits, dtype=np.uint16))
+
+
 def _f16_encode(x, *, mode="ggml", weights=None):
     return _bytes_of(fp32_to_fp16_bits(np.asarray(x).reshape(-1)), "<u2")
 
 
 def _f16_decode(blocks):
-    return _column(fp16_bits_to_fp32(_words(blocks, "<u2")))
+    return _column(decode_fp16(_words(blocks, "<u2")))
 
 
 # --- BF16 ------------------------------------------------------------------------------------

@@ -46,13 +46,13 @@ import numpy as np
 
 from ..types import QType
 from . import Codec, register
-from .floats import fp16_bits_to_fp32, fp32_to_fp16_bits
+from .floats import decode_fp16, fp32_to_fp16_bits
 from ..search.ggml import make_qkx3_quants
 from ..search.ggml_sym import make_qx_quants
 
 f32 = np.float32
 
-_INT_MIN = np.int64(-(2**31))
+_INT32_MIN = np.int32(-(2**31))
 
 
 # --- small helpers: fp16 fields, C conversions, bit planes ----------------------------------
@@ -60,7 +60,7 @@ _INT_MIN = np.int64(-(2**31))
 def _get_f16(blocks: np.ndarray, offset: int) -> np.ndarray:
     """The fp16 field at ``offset`` of every block, as float32 ``(nblocks, 1)``."""
     raw = np.ascontiguousarray(blocks[:, offset:offset + 2]).view("<u2").reshape(-1)
-    return fp16_bits_to_fp32(raw).reshape(-1, 1)
+    return decode_fp16(raw).reshape(-1, 1)
 
 
 def _put_f16(out: np.ndarray, offset: int, values: np.ndarray) -> None:
@@ -69,24 +69,24 @@ def _put_f16(out: np.ndarray, offset: int, values: np.ndarray) -> None:
     out[:, offset:offset + 2] = bits.astype("<u2").view(np.uint8).reshape(-1, 2)
 
 
-def _c_int(v: np.ndarray) -> np.ndarray:
-    """C's float -> int conversion as x86 executes it: truncate; NaN, inf or out of range -> INT_MIN."""
-    with np.errstate(invalid="ignore"):
-        ok = np.abs(v) < f32(2.0**31)  # False for NaN and inf
-        t = np.trunc(np.where(ok, v, f32(0))).astype(np.int64)
-    return np.where(ok, t, _INT_MIN)
-
-
 def _c_int8(v: np.ndarray) -> np.ndarray:
-    """``(int8_t)v`` for a float ``v``: the low byte of the int32 conversion, as a signed value."""
-    return (_c_int(v) & 0xFF).astype(np.uint8).view(np.int8).astype(np.int64)
+    """``(int8_t)v`` for float32 ``v`` as x86 executes it: truncate to int32 (a NaN, an infinity or a
+    value outside int32 gives INT_MIN), then keep the low byte. Returns int8."""
+    with np.errstate(invalid="ignore"):
+        i = v.astype(np.int32)
+        bad = ~(np.abs(v) < f32(2.0**31))  # also True for NaN
+    if bad.any():  # numpy leaves these platform-defined; pin them to what C gets
+        i[bad] = _INT32_MIN
+    return i.astype(np.int8)  # integer narrowing keeps the low byte
 
 
 def _roundf(v: np.ndarray) -> np.ndarray:
     """C ``roundf``: to nearest, halves away from zero (exact: ``v - trunc(v)`` is exact in float32)."""
     t = np.trunc(v)
     frac = v - t
-    return t + np.where(frac >= f32(0.5), f32(1), np.where(frac <= f32(-0.5), f32(-1), f32(0)))
+    t += frac >= f32(0.5)
+    t -= frac <= f32(-0.5)
+    return t
 
 
 def _pack_halves(codes: np.ndarray) -> np.ndarray:
@@ -96,8 +96,11 @@ def _pack_halves(codes: np.ndarray) -> np.ndarray:
 
 
 def _unpack_halves(qs: np.ndarray) -> np.ndarray:
-    """16 nibble bytes per row -> 32 codes (inverse of :func:`_pack_halves`)."""
-    return np.concatenate([qs & 0x0F, qs >> 4], axis=1)
+    """16 nibble bytes per row -> 32 codes, uint8 (inverse of :func:`_pack_halves`)."""
+    out = np.empty((qs.shape[0], 2, 16), np.uint8)
+    np.bitwise_and(qs, 0x0F, out=out[:, 0])
+    np.right_shift(qs, 4, out=out[:, 1])
+    return out.reshape(-1, 32)
 
 
 def _pack_bit4(codes: np.ndarray) -> np.ndarray:
@@ -107,7 +110,9 @@ def _pack_bit4(codes: np.ndarray) -> np.ndarray:
 
 def _unpack_bit4(qh: np.ndarray) -> np.ndarray:
     """The ``qh`` word -> bit 4 of each of the 32 codes, as 0 or 16."""
-    return np.unpackbits(qh, axis=1, bitorder="little") << 4
+    bits = np.unpackbits(qh, axis=1, bitorder="little")
+    bits <<= 4
+    return bits
 
 
 def _inverse(d: np.ndarray) -> np.ndarray:
@@ -152,8 +157,7 @@ def _symmetric_codes(x: np.ndarray, half: int) -> tuple[np.ndarray, np.ndarray]:
     with np.errstate(over="ignore", invalid="ignore"):
         d = (_signed_absmax(x) / f32(-half)).astype(np.float32)
         v = x * _inverse(d) + f32(half + 0.5)
-    codes = np.minimum(2 * half - 1, _c_int8(v))
-    return d, codes & 0xFF
+    return d, np.minimum(np.int8(2 * half - 1), _c_int8(v)).view(np.uint8)
 
 
 def _store(d: np.ndarray, m, codes: np.ndarray, five_bit: bool) -> np.ndarray:
@@ -180,7 +184,25 @@ def _codes(blocks: np.ndarray, has_min: bool, five_bit: bool) -> np.ndarray:
     at = 4 if has_min else 2
     if not five_bit:
         return _unpack_halves(blocks[:, at:at + 16])
-    return _unpack_halves(blocks[:, at + 4:at + 20]) | _unpack_bit4(blocks[:, at:at + 4])
+    codes = _unpack_halves(blocks[:, at + 4:at + 20])
+    codes |= _unpack_bit4(blocks[:, at:at + 4])
+    return codes
+
+
+def _scaled(q: np.ndarray, d: np.ndarray, m=None) -> np.ndarray:
+    """float32 ``float(q) * d`` (then ``+ m``): the int -> float conversion happens inside the
+    multiply, so no float copy of the codes is made."""
+    y = np.multiply(q, d, dtype=np.float32)
+    if m is not None:
+        y += m
+    return y
+
+
+def _centred(codes: np.ndarray, half: int) -> np.ndarray:
+    """Unsigned codes (< 2*half) minus ``half``, in place, as int8."""
+    signed = codes.view(np.int8)
+    signed -= np.int8(half)
+    return signed
 
 
 def _encode_q4_0_ref(x: np.ndarray) -> np.ndarray:
@@ -195,14 +217,12 @@ def _encode_q5_0_ref(x: np.ndarray) -> np.ndarray:
 
 @_ieee_quiet
 def _decode_q4_0(blocks: np.ndarray) -> np.ndarray:
-    q = _codes(blocks, False, False).astype(np.int16) - 8
-    return q.astype(np.float32) * _get_f16(blocks, 0)
+    return _scaled(_centred(_codes(blocks, False, False), 8), _get_f16(blocks, 0))
 
 
 @_ieee_quiet
 def _decode_q5_0(blocks: np.ndarray) -> np.ndarray:
-    q = _codes(blocks, False, True).astype(np.int16) - 16
-    return q.astype(np.float32) * _get_f16(blocks, 0)
+    return _scaled(_centred(_codes(blocks, False, True), 16), _get_f16(blocks, 0))
 
 
 # --- Q4_1 / Q5_1: scale and minimum ----------------------------------------------------
@@ -219,17 +239,17 @@ def _affine_codes(x: np.ndarray, nmax: int) -> tuple[np.ndarray, np.ndarray, np.
 
 def _encode_q4_1_ref(x: np.ndarray) -> np.ndarray:
     d, lo, codes = _affine_codes(x, 15)
-    return _store(d, lo, np.minimum(15, codes) & 0xFF, five_bit=False)
+    return _store(d, lo, np.minimum(np.int8(15), codes).view(np.uint8), five_bit=False)
 
 
 def _encode_q5_1_ref(x: np.ndarray) -> np.ndarray:
     d, lo, codes = _affine_codes(x, 31)  # no cap: only the low 5 bits are stored
-    return _store(d, lo, codes & 0xFF, five_bit=True)
+    return _store(d, lo, codes.view(np.uint8), five_bit=True)
 
 
 def _decode_affine(blocks: np.ndarray, five_bit: bool) -> np.ndarray:
     # two roundings, q*d then +m: ggml's reference is compiled without FMA contraction
-    return _codes(blocks, True, five_bit).astype(np.float32) * _get_f16(blocks, 0) + _get_f16(blocks, 2)
+    return _scaled(_codes(blocks, True, five_bit), _get_f16(blocks, 0), _get_f16(blocks, 2))
 
 
 @_ieee_quiet
@@ -256,14 +276,14 @@ def _encode_q8_0(x: np.ndarray) -> np.ndarray:
     d, codes = _q8_codes(x)
     out = np.empty((x.shape[0], 34), np.uint8)
     _put_f16(out, 0, d)
-    out[:, 2:] = codes.astype(np.int8).view(np.uint8)
+    out[:, 2:] = codes.view(np.uint8)
     return out
 
 
 @_ieee_quiet
 def _decode_q8_0(blocks: np.ndarray) -> np.ndarray:
     d = _get_f16(blocks, 0)
-    return np.ascontiguousarray(blocks[:, 2:34]).view(np.int8).astype(np.float32) * d
+    return _scaled(blocks[:, 2:34].view(np.int8), d)
 
 
 def _encode_q8_1(x: np.ndarray) -> np.ndarray:
@@ -271,8 +291,8 @@ def _encode_q8_1(x: np.ndarray) -> np.ndarray:
     out = np.empty((x.shape[0], 36), np.uint8)
     _put_f16(out, 0, d)
     with np.errstate(over="ignore", invalid="ignore"):
-        _put_f16(out, 2, codes.sum(axis=1, keepdims=True).astype(np.float32) * d)
-    out[:, 4:] = codes.astype(np.int8).view(np.uint8)
+        _put_f16(out, 2, codes.sum(axis=1, keepdims=True, dtype=np.int32).astype(np.float32) * d)
+    out[:, 4:] = codes.view(np.uint8)
     return out
 
 
@@ -293,8 +313,8 @@ def _encode_q1_0(x: np.ndarray) -> np.ndarray:
 @_ieee_quiet
 def _decode_q1_0(blocks: np.ndarray) -> np.ndarray:
     d = _get_f16(blocks, 0)
-    bits = np.unpackbits(blocks[:, 2:18], axis=1, bitorder="little").astype(bool)
-    return np.where(bits, d, -d).astype(np.float32)
+    bits = np.unpackbits(blocks[:, 2:18], axis=1, bitorder="little").view(np.bool_)  # 0/1 bytes
+    return np.where(bits, d, -d)
 
 
 # --- importance-weighted encoders (ggml's quantize_q4_0 / q4_1 / q5_0 / q5_1 with an imatrix) ------
