@@ -42,6 +42,11 @@ QK_K = 256
 _SUB = 16  # values per sub-block in Q3_K and Q6_K
 _NSUB = QK_K // _SUB
 
+#: shifts 2k that bring field k (k = 0..3) of a byte holding four 2-bit fields to bit 0
+_SHIFT_2K = (2 * np.arange(4, dtype=np.uint8)).reshape(1, 1, 4, 1)
+#: shifts b that bring bit b (b = 0..7) of a mask byte to bit 0
+_BIT_B = np.arange(8, dtype=np.uint8).reshape(1, 8, 1)
+
 # byte offsets of the fields inside a block (asserted against the geometry table below)
 Q3_HMASK, Q3_QS, Q3_SCALES, Q3_D, Q3_BYTES = 0, 32, 96, 108, 110
 Q6_QL, Q6_QH, Q6_SCALES, Q6_D, Q6_BYTES = 0, 128, 192, 208, 210
@@ -122,10 +127,12 @@ def q3_k_unpack(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     d fp16 bits uint16 (nb,)); the exact inverse of :func:`q3_k_pack`. The signed code is ``level - 4``."""
     nb = blocks.shape[0]
     qs = blocks[:, Q3_QS:Q3_SCALES].reshape(nb, 2, 1, 32)
-    low = (qs >> (2 * np.arange(4, dtype=np.uint8)).reshape(1, 1, 4, 1)) & 3
+    levels = (qs >> _SHIFT_2K) & 3  # (nb, half, k, l)
     hm = blocks[:, Q3_HMASK:Q3_QS].reshape(nb, 1, 32)
-    high = (hm >> np.arange(8, dtype=np.uint8).reshape(1, 8, 1)) & 1
-    levels = (low.reshape(nb, QK_K) | (high.reshape(nb, QK_K) << 2)).astype(np.uint8)
+    high = (hm >> _BIT_B) & 1  # (nb, bit b = e // 32, l)
+    high <<= 2
+    levels = levels.reshape(nb, QK_K)
+    levels |= high.reshape(nb, QK_K)
     codes = _q3_unpack_scales(blocks[:, Q3_SCALES:Q3_D])
     d_bits = np.ascontiguousarray(blocks[:, Q3_D:Q3_BYTES]).view("<u2").reshape(nb).astype(np.uint16)
     return levels, codes, d_bits
@@ -136,8 +143,10 @@ def q3_k_decode(blocks: np.ndarray) -> np.ndarray:
     d = read_fp16(blocks, Q3_D)
     with np.errstate(invalid="ignore", over="ignore"):  # inf/nan d in arbitrary bytes: same IEEE result as C
         dl = d[:, None] * (codes.astype(np.int32) - 32).astype(np.float32)  # d_all * (scale - 32)
-        q = levels.astype(np.float32) - _F32(4.0)  # exact small integers, as C's int expression
-        return (np.repeat(dl, _SUB, axis=1) * q).astype(np.float32)
+        q = levels.astype(np.float32).reshape(-1, _NSUB, _SUB)
+        q -= _F32(4.0)  # signed code, exact (C's int expression)
+        q *= dl[:, :, None]  # the same single product dl * q, without materialising repeated scales
+        return q.reshape(-1, QK_K)
 
 
 def _q3_finish(xt: np.ndarray, levels_t: np.ndarray, scale_codes: np.ndarray, d: np.ndarray) -> np.ndarray:
@@ -194,11 +203,15 @@ def q6_k_unpack(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     """Q6_K blocks (nb, 210) -> (levels uint8 (nb, 256) in 0..63, scales int8 (nb, 16), d fp16 bits
     uint16 (nb,)); the exact inverse of :func:`q6_k_pack`. The signed code is ``level - 32``."""
     nb = blocks.shape[0]
-    ql = blocks[:, Q6_QL:Q6_QH].reshape(nb, 2, 2, 32)  # (half, byte group, l)
+    ql = blocks[:, Q6_QL:Q6_QH].reshape(nb, 2, 2, 32)  # (half, byte group g, l)
     qh = blocks[:, Q6_QH:Q6_SCALES].reshape(nb, 2, 1, 32)
-    low = np.stack([ql & 0x0F, ql >> 4], axis=2).reshape(nb, 2, 4, 32)  # k = 0,1 low nibbles; 2,3 high
-    high = (qh >> (2 * np.arange(4, dtype=np.uint8)).reshape(1, 1, 4, 1)) & 3
-    levels = (low | (high << 4)).reshape(nb, QK_K).astype(np.uint8)
+    levels = np.empty((nb, 2, 4, 32), dtype=np.uint8)  # (half, k, l); k = g for low nibbles, 2 + g for high
+    np.bitwise_and(ql, 0x0F, out=levels[:, :, 0:2])
+    np.right_shift(ql, 4, out=levels[:, :, 2:4])
+    high = (qh >> _SHIFT_2K) & 3
+    high <<= 4
+    levels |= high
+    levels = levels.reshape(nb, QK_K)
     sc = blocks[:, Q6_SCALES:Q6_D].view(np.int8).copy()
     d_bits = np.ascontiguousarray(blocks[:, Q6_D:Q6_BYTES]).view("<u2").reshape(nb).astype(np.uint16)
     return levels, sc, d_bits
@@ -209,8 +222,10 @@ def q6_k_decode(blocks: np.ndarray) -> np.ndarray:
     d = read_fp16(blocks, Q6_D)
     with np.errstate(invalid="ignore", over="ignore"):
         dsc = d[:, None] * sc.astype(np.float32)  # (d * sc) first, then times q, as ggml associates it
-        q = levels.astype(np.float32) - _F32(32.0)
-        return (np.repeat(dsc, _SUB, axis=1) * q).astype(np.float32)
+        q = levels.astype(np.float32).reshape(-1, _NSUB, _SUB)
+        q -= _F32(32.0)
+        q *= dsc[:, :, None]
+        return q.reshape(-1, QK_K)
 
 
 def q6_k_pack(levels: np.ndarray, sc: np.ndarray, d_bits: np.ndarray) -> np.ndarray:
@@ -264,7 +279,8 @@ def q8_k_decode(blocks: np.ndarray) -> np.ndarray:
     d = np.ascontiguousarray(blocks[:, Q8_D:Q8_QS]).view("<f4").astype(np.float32)  # (nb, 1)
     q = blocks[:, Q8_QS:Q8_BSUMS].view(np.int8).astype(np.float32)
     with np.errstate(invalid="ignore", over="ignore"):  # arbitrary float32 d: inf*0 etc. as in C
-        return (d * q).astype(np.float32)
+        q *= d
+        return q
 
 
 def q8_k_encode(x: np.ndarray, *, mode: str = "ggml", weights: Optional[np.ndarray] = None) -> np.ndarray:
