@@ -1,0 +1,4 @@
+"""``python -m qformat``: the same command line as the ``qformat`` script."""
+from .cli import run
+
+run()
