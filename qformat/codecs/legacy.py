@@ -59,8 +59,10 @@ _INT32_MIN = np.int32(-(2**31))
 
 def _get_f16(blocks: np.ndarray, offset: int) -> np.ndarray:
     """The fp16 field at ``offset`` of every block, as float32 ``(nblocks, 1)``."""
-    raw = np.ascontiguousarray(blocks[:, offset:offset + 2]).view("<u2").reshape(-1)
-    return decode_fp16(raw).reshape(-1, 1)
+    field = blocks[:, offset:offset + 2]
+    if field.strides[-1] != 1:  # a view needs contiguous bytes within the field; rows may be strided
+        field = np.ascontiguousarray(field)
+    return decode_fp16(field.view("<u2"))  # (nblocks, 1)
 
 
 def _put_f16(out: np.ndarray, offset: int, values: np.ndarray) -> None:
