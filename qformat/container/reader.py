@@ -206,34 +206,34 @@ class _Parser:
 def _walk_strings(p: _Parser, n: int, key: str) -> int:
     """Walk ``n`` length-prefixed strings from ``p.pos``; validate them; return the end offset.
 
-    Only the u64 lengths are read in the loop (no str objects). UTF-8 validity is then checked on
-    the whole region at once: when every length is below 128, each of its 8 bytes is ASCII, so no
-    multi-byte sequence can straddle a length field and the region is valid UTF-8 exactly when
-    every string is. Longer strings split the region into pieces validated separately.
+    Only the u64 lengths are read in the loop (no str objects, no per-item bounds test: reading
+    past the end raises ``struct.error``, and an overrun is located by a second, checked pass). UTF-8 validity is
+    then checked on the whole region at once: when every length is below 128, each of its 8 bytes
+    is ASCII, so no multi-byte sequence can straddle a length field and the region is valid UTF-8
+    exactly when every string is. Longer strings split the region into pieces checked separately.
     """
     buf, size, u64 = p.buf, p.size, p._u64
     pos = start = p.pos
     long_at = []  # length fields holding a value >= 128 (they may contain non-ASCII bytes)
-    for _ in range(n):
-        if pos + 8 > size:
-            raise p.err(E.Truncated, f"file ends inside a string length in array {key!r}", pos)
-        m = u64(buf, pos)[0]
-        if m >= 128:
-            if m > size - pos - 8:
-                raise p.err(E.CountTooLarge, f"string length {m} in array {key!r} exceeds the "
-                            f"{size - pos - 8} bytes that remain", pos)
-            long_at.append(pos)
-        pos += 8 + m
+    try:
+        for _ in range(n):
+            m = u64(buf, pos)[0]
+            if m >= 128:
+                long_at.append(pos)
+            pos += 8 + m
+    except struct.error:
+        pos = size + 1  # read past the end: located below
     if pos > size:
-        # only short strings can get here (long ones were checked); find the one that overruns
+        # find the first string whose length field or bytes run past the end
         q = start
         for _ in range(n):
+            if q + 8 > size:
+                raise p.err(E.Truncated, f"file ends inside a string length in array {key!r}", q)
             m = u64(buf, q)[0]
-            if q + 8 + m > size:
+            if m > size - q - 8:
                 raise p.err(E.CountTooLarge, f"string length {m} in array {key!r} exceeds the "
                             f"{size - q - 8} bytes that remain", q)
             q += 8 + m
-    # validate [start, pos) in pieces that contain only ASCII length fields
     piece = start
     for at in long_at + [pos]:
         _check_utf8(p, piece, at, key)
@@ -242,17 +242,27 @@ def _walk_strings(p: _Parser, n: int, key: str) -> int:
 
 
 def _check_utf8(p: _Parser, a: int, b: int, key: str) -> None:
+    """Raise BadUTF8 unless bytes [a, b) are valid UTF-8 (the bytes may include ASCII-only
+    length fields, see above).
+
+    A multi-byte sequence consists of bytes >= 0x80 only, so the range is valid exactly when every
+    maximal run of such bytes is valid on its own: only those runs (each followed by one ASCII
+    separator) are handed to the decoder, which skips most of the bytes of a typical vocabulary.
+    """
     if a >= b:
         return
     region = np.frombuffer(p.buf, dtype=np.uint8, count=b - a, offset=a)
-    hi = np.flatnonzero(region >= 0x80)
-    if not hi.size:
+    high = region >= 0x80
+    if not high.any():
         return  # pure ASCII
-    a2 = a + int(hi[0])
+    keep = high.copy()
+    keep[1:] |= high[:-1]  # the byte after each run (ASCII, or the end) separates runs
     try:
-        str(p.buf[a2:b], "utf-8")
+        str(region[keep].tobytes(), "utf-8")
     except UnicodeDecodeError as e:
-        raise p.err(E.BadUTF8, f"a string in array {key!r} is not valid UTF-8 ({e.reason})", a2 + e.start) from None
+        # map the position in the compressed bytes back to the file
+        at = a + int(np.flatnonzero(keep)[e.start])
+        raise p.err(E.BadUTF8, f"a string in array {key!r} is not valid UTF-8 ({e.reason})", at) from None
 
 
 class GGUFFile:
