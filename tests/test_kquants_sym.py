@@ -79,13 +79,15 @@ def float_rows(draw, max_rows=3, max_blocks=3):
 def imatrices(draw, n):
     seed = draw(st.integers(0, 2**32 - 1))
     rng = np.random.default_rng(seed)
-    kind = draw(st.sampled_from(["dense", "sparse", "wide", "tiny", "ones"]))
+    kind = draw(st.sampled_from(["dense", "sparse", "wide", "wide_sparse", "tiny", "ones"]))
     if kind == "dense":
         w = rng.random(n) ** 2 * 4 + 0.01
     elif kind == "sparse":
         w = np.where(rng.random(n) < 0.3, 0.0, rng.random(n) * 10)
     elif kind == "wide":
         w = 10.0 ** rng.uniform(-10, 10, n)
+    elif kind == "wide_sparse":  # 0 * inf weights once x*x overflows: NaN sub-block scales
+        w = 10.0 ** rng.uniform(-12, 6, n) * (rng.random(n) < 0.8)
     elif kind == "tiny":  # products with x underflow: exercises signed-zero sums
         w = 10.0 ** rng.uniform(-45, -38, n)
     else:
@@ -145,6 +147,20 @@ def test_large_weighted_input_matches_ggml(ggml_ref, qt):
     x = rng.laplace(size=(80, 1024)).astype(np.float32)
     imatrix = (rng.random(1024) ** 3 * 5).astype(np.float32)
     assert np.array_equal(qformat.quantize(x, qt, imatrix=imatrix), ggml_ref.quantize(x, qt, imatrix=imatrix))
+
+
+@pytest.mark.parametrize("qt", SYM, ids=lambda q: q.name)
+@pytest.mark.parametrize("scale", [1e17, 1e19, 1e25, 1e37])
+def test_overflowing_squares_match_ggml(ggml_ref, qt, scale):
+    """x*x overflows to inf: weights, sums and scales become inf/NaN, and ggml's comparisons (which a
+    NaN always fails) and its rounding trick decide the bytes; with and without importance weights."""
+    rng = np.random.default_rng(int(np.log10(scale)))
+    x = np.clip(rng.standard_normal((3, 768)) * scale, -3e38, 3e38).astype(np.float32)
+    x[1, :256] = np.float32(3e38) * np.sign(rng.standard_normal(256))  # a block of near-max values
+    assert np.array_equal(qformat.quantize(x, qt), _ggml_encode(ggml_ref, x, qt))
+    if qt in WEIGHTED:
+        im = (10.0 ** rng.uniform(-12, 6, 768) * (rng.random(768) < 0.8)).astype(np.float32)
+        assert np.array_equal(qformat.quantize(x, qt, imatrix=im), ggml_ref.quantize(x, qt, imatrix=im))
 
 
 # --- the searches on their own ---------------------------------------------------------------------

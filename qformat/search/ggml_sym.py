@@ -113,14 +113,20 @@ def make_qx_quants(xt: np.ndarray, nmax: int, weights: Optional[np.ndarray] = No
     lf = np.empty_like(xt)
     term = np.empty_like(xt)
 
+    # For finite x, |iscale * x| <= nmax + 1 by construction (|x| <= |max|), far below 2**22, so
+    # rounding in the float domain, (v + 1.5*2**23) - 1.5*2**23, is exactly nearest_int(v) and
+    # saves the round trip through int32. Inputs that are themselves computed (Q3_K quantizes its
+    # sub-block scales, which overflowing data can turn into inf/NaN) take the exact C trick.
+    float_round = bool(np.isfinite(xt).all())
+
     def fit(iscale):
-        # |iscale * x| <= nmax + 1 by construction (|x| <= |max|), far below 2**22, so rounding in
-        # the float domain, (v + 1.5*2**23) - 1.5*2**23, is exactly nearest_int(v) and saves the
-        # round trip through int32
         np.multiply(iscale, xt, out=lf)
-        np.add(lf, _MAGIC, out=lf)
-        np.subtract(lf, _MAGIC, out=lf)
-        np.clip(lf, _F32(-nmax), _F32(nmax - 1), out=lf)
+        if float_round:
+            np.add(lf, _MAGIC, out=lf)
+            np.subtract(lf, _MAGIC, out=lf)
+            np.clip(lf, _F32(-nmax), _F32(nmax - 1), out=lf)
+        else:
+            lf[...] = _clamp(nearest_int(lf), nmax)
         sumlx = sequential_sum(np.multiply(wx, lf, out=term))
         np.multiply(w, lf, out=term)
         np.multiply(term, lf, out=term)
