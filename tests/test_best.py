@@ -1,0 +1,172 @@
+"""Encode mode "best" (qformat.search.best): valid ggml blocks, never worse than ggml per super-block."""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import qformat
+from qformat.codecs.bits import read_fp16
+from qformat.search import best
+
+from .conftest import shared_file
+
+QTS = ["Q4_K", "Q5_K"]
+KINDS = ["normal", "laplace", "t3", "uniform", "positive", "negative", "outlier", "const_sub", "zeros",
+         "sparse", "mixed_scales"]
+
+
+def _sample(kind: str, rng: np.random.Generator, n: int, scale: float) -> np.ndarray:
+    if kind == "normal":
+        x = rng.standard_normal(n)
+    elif kind == "laplace":
+        x = rng.laplace(size=n)
+    elif kind == "t3":
+        x = rng.standard_t(3, size=n)
+    elif kind == "uniform":
+        x = rng.uniform(-1, 1, n)
+    elif kind == "positive":
+        x = np.abs(rng.standard_normal(n)) + 0.5
+    elif kind == "negative":
+        x = -np.abs(rng.standard_normal(n)) - 0.5
+    elif kind == "outlier":
+        x = rng.standard_normal(n) * 0.01
+        x[rng.integers(0, n, max(1, n // 256))] = 50.0
+    elif kind == "const_sub":
+        x = np.repeat(rng.standard_normal(n // 32), 32)
+    elif kind == "zeros":
+        x = np.zeros(n)
+        x[: n // 2] = -0.0
+    elif kind == "sparse":
+        x = rng.standard_normal(n) * (rng.random(n) < 0.1)
+    else:  # mixed_scales: every sub-block of 32 at its own magnitude
+        x = rng.standard_normal(n) * np.repeat(10.0 ** rng.uniform(-4, 2, n // 32), 32)
+    return (x * scale).astype(np.float32)
+
+
+def _sq_err(x: np.ndarray, y: np.ndarray, w=None) -> np.ndarray:
+    """(Weighted) squared error per super-block of 256, float64."""
+    r = (y.astype(np.float64) - x.astype(np.float64)).reshape(-1, 256)
+    if w is not None:
+        r = r * np.sqrt(np.broadcast_to(w.astype(np.float64), x.shape).reshape(-1, 256))
+    return (r * r).sum(axis=1)
+
+
+def _quiet_quantize(*args, **kw):
+    """quantize with every numpy warning turned into an error: none may escape the search."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        return qformat.quantize(*args, **kw)
+
+
+# --- against the C reference ------------------------------------------------------------------
+
+@settings(max_examples=60, deadline=None)
+@given(qt=st.sampled_from(QTS), kind=st.sampled_from(KINDS), rows=st.integers(1, 3), nblocks=st.integers(1, 3),
+       scale=st.sampled_from([1e-30, 1e-8, 1e-3, 1.0, 30.0, 6e4 / 50]), seed=st.integers(0, 2**32 - 1))
+def test_best_decodes_identically_in_ggml_and_never_loses_to_ggml(ggml_ref, qt, kind, rows, nblocks, scale, seed):
+    rng = np.random.default_rng(seed)
+    x = _sample(kind, rng, rows * nblocks * 256, scale).reshape(rows, nblocks * 256)
+    b = _quiet_quantize(x, qt, mode="best")
+    ours = qformat.dequantize(b, qt)
+    in_ggml = ggml_ref.dequantize(b, qt)
+    np.testing.assert_array_equal(ours.view(np.uint32), in_ggml.view(np.uint32))
+    ref = ggml_ref.quantize(x, qt)  # ggml's own encoding (quantize_row_<t>_ref)
+    e_best, e_ggml = _sq_err(x, in_ggml), _sq_err(x, ggml_ref.dequantize(ref, qt))
+    assert (e_best <= e_ggml).all(), np.flatnonzero(e_best > e_ggml)
+    d = read_fp16(b.reshape(-1, b.shape[-1] // nblocks), 0)
+    assert np.isfinite(d).all() or not np.isfinite(read_fp16(ref.reshape(d.size, -1), 0)).all()
+
+
+@settings(max_examples=40, deadline=None)
+@given(qt=st.sampled_from(QTS), kind=st.sampled_from(["normal", "laplace", "t3", "outlier", "mixed_scales"]),
+       nblocks=st.integers(1, 3), wkind=st.sampled_from(["lognormal", "with_zeros", "ones", "one_hot"]),
+       seed=st.integers(0, 2**32 - 1))
+def test_weighted_best_never_loses_to_ggml_weighted_path(ggml_ref, qt, kind, nblocks, wkind, seed):
+    rng = np.random.default_rng(seed)
+    n = nblocks * 256
+    x = _sample(kind, rng, 3 * n, 1.0).reshape(3, n)
+    w = {"lognormal": np.exp(rng.normal(0, 1.5, n)), "with_zeros": np.exp(rng.normal(0, 1, n)) * (rng.random(n) < 0.7),
+         "ones": np.ones(n), "one_hot": np.eye(1, n, int(rng.integers(n)))[0]}[wkind].astype(np.float32)
+    b = _quiet_quantize(x, qt, mode="best", imatrix=w)
+    y = ggml_ref.dequantize(b, qt)
+    np.testing.assert_array_equal(qformat.dequantize(b, qt).view(np.uint32), y.view(np.uint32))
+    ref = ggml_ref.quantize(x, qt, imatrix=w)  # ggml's weighted path (quantize_row_<t>_impl)
+    assert (_sq_err(x, y, w) <= _sq_err(x, ggml_ref.dequantize(ref, qt), w)).all()
+
+
+@pytest.mark.parametrize("qt", QTS)
+@pytest.mark.parametrize("kind", ["normal", "laplace", "t3"])
+def test_best_is_strictly_better_on_a_fixed_sample(ggml_ref, qt, kind):
+    x = _sample(kind, np.random.default_rng(1234), 64 * 256, 1.0).reshape(16, 1024)
+    y = ggml_ref.dequantize(qformat.quantize(x, qt, mode="best"), qt)
+    assert _sq_err(x, y).sum() < _sq_err(x, ggml_ref.dequantize(ggml_ref.quantize(x, qt), qt)).sum()
+    w = np.exp(np.random.default_rng(5).normal(0, 1, 1024)).astype(np.float32)
+    yw = ggml_ref.dequantize(qformat.quantize(x, qt, mode="best", imatrix=w), qt)
+    yg = ggml_ref.dequantize(ggml_ref.quantize(x, qt, imatrix=w), qt)
+    assert _sq_err(x, yw, w).sum() < _sq_err(x, yg, w).sum()
+
+
+@pytest.mark.parametrize("qt", QTS)
+def test_real_weights_best_per_superblock(ggml_ref, qt):
+    from safetensors.numpy import load_file
+
+    tensors = load_file(str(shared_file("weights/minilm-l6-layer0.safetensors")))
+    flat = np.concatenate([v.reshape(-1) for v in tensors.values()]).astype(np.float32)
+    x = flat[: 1024 * 256].reshape(-1, 256)  # 1024 super-blocks from several tensors
+    b = qformat.quantize(x, qt, mode="best")
+    y = ggml_ref.dequantize(b, qt)
+    np.testing.assert_array_equal(qformat.dequantize(b, qt).view(np.uint32), y.view(np.uint32))
+    e_best, e_ggml = _sq_err(x, y), _sq_err(x, ggml_ref.dequantize(ggml_ref.quantize(x, qt), qt))
+    assert (e_best <= e_ggml).all()
+    assert e_best.sum() < e_ggml.sum()
+
+
+# --- without the C reference (qformat's "ggml" mode is proven byte-identical to it elsewhere) ----
+
+@pytest.mark.parametrize("qt", QTS)
+@pytest.mark.parametrize("kind", KINDS)
+def test_best_never_loses_to_ggml_mode(qt, kind):
+    x = _sample(kind, np.random.default_rng(99), 8 * 256, 1.0).reshape(2, 1024)
+    b = _quiet_quantize(x, qt, mode="best")
+    g = qformat.quantize(x, qt)
+    assert b.shape == g.shape and b.dtype == np.uint8
+    e_best, e_ggml = _sq_err(x, qformat.dequantize(b, qt)), _sq_err(x, qformat.dequantize(g, qt))
+    assert (e_best <= e_ggml).all()
+    # the search result replaces ggml's block only where it is strictly better: ties keep ggml's bytes
+    same = e_best == e_ggml
+    np.testing.assert_array_equal(b.reshape(same.size, -1)[same], g.reshape(same.size, -1)[same])
+
+
+@pytest.mark.parametrize("qt", QTS)
+@pytest.mark.parametrize("scale", [1e37, 1e-38, 1e-45])
+def test_extreme_magnitudes_give_valid_blocks_without_warnings(qt, scale):
+    x = _sample("mixed_scales", np.random.default_rng(11), 4 * 256, 1.0) * np.float32(scale / 100)
+    x = np.clip(x, -3e38, 3e38).astype(np.float32).reshape(1, -1)
+    b = _quiet_quantize(x, qt, mode="best")
+    with np.errstate(all="ignore"):
+        e_best = _sq_err(x, qformat.dequantize(b, qt))
+        e_ggml = _sq_err(x, qformat.dequantize(qformat.quantize(x, qt), qt))
+    assert (np.nan_to_num(e_best, nan=np.inf) <= np.nan_to_num(e_ggml, nan=np.inf)).all()
+
+
+@pytest.mark.parametrize("nmax, qt", [(15, "Q4_K"), (31, "Q5_K")])
+def test_search_fields_stay_in_range_and_pack_losslessly(nmax, qt):
+    x = _sample("t3", np.random.default_rng(3), 32 * 256, 1.0).reshape(32, 256)
+    d, dmin, sc, m, codes, _ = best.search_scale_min(x, nmax)
+    assert sc.max() < 64 and m.max() < 64 and codes.max() <= nmax
+    assert np.isfinite(d).all() and np.isfinite(dmin).all()
+    assert (d.astype(np.float16).astype(np.float32) == d).all()  # exactly representable in fp16
+    blocks = best.pack_blocks(qformat.QType[qt], d, dmin, sc, m, codes)
+    y = qformat.dequantize(blocks, qt).reshape(32, 8, 32)
+    expect = (d[:, None, None] * sc[:, :, None].astype(np.float32)) * codes.reshape(32, 8, 32) \
+        - (dmin[:, None, None] * m[:, :, None].astype(np.float32))
+    np.testing.assert_array_equal(y, expect.astype(np.float32))
+
+
+def test_unknown_mode_is_rejected():
+    with pytest.raises(qformat.CodecError, match="mode"):
+        qformat.quantize(np.zeros(256, np.float32), "Q4_K", mode="bestest")
