@@ -91,10 +91,10 @@ def _roundf(v: np.ndarray) -> np.ndarray:
     return t
 
 
-def _pack_halves(codes: np.ndarray) -> np.ndarray:
-    """32 codes per row -> 16 bytes: ``code[j] | code[j+16] << 4`` kept to 8 bits, as C's uint8 store."""
-    c = codes.astype(np.uint8)
-    return (c[:, :16] | (c[:, 16:] << 4)).astype(np.uint8)
+def _pack_halves(codes_t: np.ndarray) -> np.ndarray:
+    """Codes ``(32, n)`` (uint8) -> ``(n, 16)`` bytes ``code[j] | code[j+16] << 4``, kept to 8 bits
+    as C's uint8 store keeps them."""
+    return (codes_t[:16] | (codes_t[16:] << 4)).T
 
 
 def _unpack_halves(qs: np.ndarray) -> np.ndarray:
@@ -105,9 +105,17 @@ def _unpack_halves(qs: np.ndarray) -> np.ndarray:
     return out.reshape(-1, 32)
 
 
-def _pack_bit4(codes: np.ndarray) -> np.ndarray:
-    """Bit 4 of each of 32 codes -> the 4-byte little-endian ``qh`` word (bit j = code j)."""
-    return np.packbits((codes.astype(np.uint8) >> 4) & 1, axis=1, bitorder="little")
+_BIT_WEIGHTS = (np.uint8(1) << np.arange(8, dtype=np.uint8)).reshape(1, 8, 1)
+
+
+def _pack_bit4(codes_t: np.ndarray) -> np.ndarray:
+    """Bit 4 of each code ``(32, n)`` -> the 4-byte little-endian ``qh`` words ``(n, 4)`` (bit j = code j).
+
+    Byte k collects codes 8k..8k+7, least significant bit first (a weighted sum of 0/1 values, which
+    runs at vector speed on this layout where ``np.packbits`` along the leading axis does not).
+    """
+    bits = ((codes_t >> 4) & 1).reshape(4, 8, -1)
+    return (bits * _BIT_WEIGHTS).sum(axis=1, dtype=np.uint8).T
 
 
 def _unpack_bit4(qh: np.ndarray) -> np.ndarray:
@@ -123,21 +131,41 @@ def _inverse(d: np.ndarray) -> np.ndarray:
         return np.where(d != 0, f32(1) / np.where(d != 0, d, f32(1)), f32(0)).astype(np.float32)
 
 
-def _signed_absmax(x: np.ndarray) -> np.ndarray:
-    """Per row, the first value of largest magnitude with its sign (``+0.0`` for an all-zero row)."""
-    ax = np.abs(x)
-    idx = np.argmax(ax, axis=1)
-    rows = np.arange(x.shape[0])
-    return np.where(ax[rows, idx] > 0, x[rows, idx], f32(0)).reshape(-1, 1)
+# Encoders work on the transpose ``xt`` (32, n) of the blocks: reductions over the leading axis of
+# a C-contiguous array run at vector speed, where reducing 32 values along the rows would not.
+
+def _first_hit(xt: np.ndarray, mask: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """For the columns ``cols`` only, the value of ``xt`` at the first True of ``mask`` (C's scan
+    keeps the first hit). Used on the rare blocks where the first hit decides a sign."""
+    sub = mask[:, cols]
+    return xt[np.argmax(sub, axis=0), cols]
 
 
-def _first_extreme(x: np.ndarray, pick) -> np.ndarray:
-    """The first element equal to the row's min (or max): the value C's strict ``<`` scan keeps.
+def _signed_absmax(xt: np.ndarray) -> np.ndarray:
+    """Per block, the first value of largest magnitude with its sign (``+0.0`` for an all-zero block)."""
+    ax = np.abs(xt)
+    amax = ax.max(axis=0)
+    has_pos = (xt == amax).any(axis=0)
+    value = np.where(has_pos, amax, -amax)
+    both = np.flatnonzero(has_pos & (xt == -amax).any(axis=0) & (amax > 0))  # +a and -a tie
+    if both.size:
+        value[both] = _first_hit(xt, ax == amax, both)
+    return np.where(amax > 0, value, f32(0))
 
-    Matters only for the sign of a zero, which the fp16 ``m`` field stores.
+
+def _min_max(xt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per block (min, max) as C's strict scan finds them, signed zeros included.
+
+    The scan keeps the first of equal values, so a block whose minimum is zero stores the sign of
+    its first zero in ``m``; and an all-equal block computes ``max - min`` as ``x0 - x0 = +0``.
     """
-    idx = pick(x, axis=1)
-    return x[np.arange(x.shape[0]), idx].reshape(-1, 1)
+    lo = xt.min(axis=0)
+    hi = xt.max(axis=0)
+    zero_min = np.flatnonzero(lo == 0)
+    if zero_min.size:
+        lo = lo.copy()
+        lo[zero_min] = _first_hit(xt, xt == 0, zero_min)
+    return lo, np.where(hi == lo, lo, hi)
 
 
 def _ieee_quiet(fn):
@@ -154,22 +182,23 @@ def _ieee_quiet(fn):
 
 # --- Q4_0 / Q5_0: symmetric, scale from the signed extreme --------------------------------
 
-def _symmetric_codes(x: np.ndarray, half: int) -> tuple[np.ndarray, np.ndarray]:
-    """(d (n,1), codes (n,32) in 0..2*half-1) of quantize_row_q4_0_ref (half=8) / q5_0 (half=16)."""
+def _symmetric_codes(xt: np.ndarray, half: int) -> tuple[np.ndarray, np.ndarray]:
+    """(d (n,), codes (32, n) uint8) of quantize_row_q4_0_ref (half=8) / q5_0 (half=16)."""
     with np.errstate(over="ignore", invalid="ignore"):
-        d = (_signed_absmax(x) / f32(-half)).astype(np.float32)
-        v = x * _inverse(d) + f32(half + 0.5)
+        d = (_signed_absmax(xt) / f32(-half)).astype(np.float32)
+        v = xt * _inverse(d) + f32(half + 0.5)
     return d, np.minimum(np.int8(2 * half - 1), _c_int8(v)).view(np.uint8)
 
 
 def _store(d: np.ndarray, m, codes: np.ndarray, five_bit: bool) -> np.ndarray:
-    """Block bytes of Q4_0 (m None) / Q4_1 / Q5_0 (m None, five_bit) / Q5_1 from float32 d, m and codes.
+    """Block bytes of Q4_0 (m None) / Q4_1 / Q5_0 (m None, five_bit) / Q5_1 from float32 d, m and
+    uint8 codes ``(32, nblocks)``.
 
     4-bit codes keep all 8 bits of ``code[j] | code[j+16] << 4`` (C's uint8 store); 5-bit codes are
     split into the ``qh`` word and masked nibbles, as ggml does.
     """
     at = 2 if m is None else 4
-    out = np.empty((codes.shape[0], at + 16 + 4 * five_bit), np.uint8)
+    out = np.empty((codes.shape[1], at + 16 + 4 * five_bit), np.uint8)
     _put_f16(out, 0, d)
     if m is not None:
         _put_f16(out, 2, m)
@@ -208,12 +237,12 @@ def _centred(codes: np.ndarray, half: int) -> np.ndarray:
 
 
 def _encode_q4_0_ref(x: np.ndarray) -> np.ndarray:
-    d, codes = _symmetric_codes(x, 8)
+    d, codes = _symmetric_codes(np.ascontiguousarray(x.T), 8)
     return _store(d, None, codes, five_bit=False)
 
 
 def _encode_q5_0_ref(x: np.ndarray) -> np.ndarray:
-    d, codes = _symmetric_codes(x, 16)
+    d, codes = _symmetric_codes(np.ascontiguousarray(x.T), 16)
     return _store(d, None, codes, five_bit=True)
 
 
@@ -230,12 +259,12 @@ def _decode_q5_0(blocks: np.ndarray) -> np.ndarray:
 # --- Q4_1 / Q5_1: scale and minimum ----------------------------------------------------
 
 def _affine_codes(x: np.ndarray, nmax: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(d, min, codes) of quantize_row_q4_1_ref (nmax=15) / q5_1 (nmax=31); codes as C computes them."""
-    lo = _first_extreme(x, np.argmin)
-    hi = _first_extreme(x, np.argmax)
+    """(d, min, codes int8 (32, n)) of quantize_row_q4_1_ref (nmax=15) / q5_1 (nmax=31), as C computes them."""
+    xt = np.ascontiguousarray(x.T)
+    lo, hi = _min_max(xt)
     with np.errstate(over="ignore", invalid="ignore"):
         d = ((hi - lo) / f32(nmax)).astype(np.float32)
-        v = (x - lo) * _inverse(d) + f32(0.5)
+        v = (xt - lo) * _inverse(d) + f32(0.5)
     return d, lo, _c_int8(v)
 
 
@@ -267,10 +296,12 @@ def _decode_q5_1(blocks: np.ndarray) -> np.ndarray:
 # --- Q8_0 / Q8_1 ---------------------------------------------------------------------------
 
 def _q8_codes(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    amax = np.abs(x).max(axis=1, keepdims=True)
+    """(d (n,), codes int8 (32, n)) of quantize_row_q8_0_ref / q8_1."""
+    xt = np.ascontiguousarray(x.T)
+    amax = np.abs(xt).max(axis=0)
     with np.errstate(over="ignore", invalid="ignore"):
         d = (amax / f32(127)).astype(np.float32)
-        codes = _c_int8(_roundf(x * _inverse(d)))
+        codes = _c_int8(_roundf(xt * _inverse(d)))
     return d, codes
 
 
@@ -278,7 +309,7 @@ def _encode_q8_0(x: np.ndarray) -> np.ndarray:
     d, codes = _q8_codes(x)
     out = np.empty((x.shape[0], 34), np.uint8)
     _put_f16(out, 0, d)
-    out[:, 2:] = codes.view(np.uint8)
+    out[:, 2:] = codes.view(np.uint8).T
     return out
 
 
@@ -293,8 +324,8 @@ def _encode_q8_1(x: np.ndarray) -> np.ndarray:
     out = np.empty((x.shape[0], 36), np.uint8)
     _put_f16(out, 0, d)
     with np.errstate(over="ignore", invalid="ignore"):
-        _put_f16(out, 2, codes.sum(axis=1, keepdims=True, dtype=np.int32).astype(np.float32) * d)
-    out[:, 4:] = codes.view(np.uint8)
+        _put_f16(out, 2, codes.sum(axis=0, dtype=np.int32).astype(np.float32) * d)
+    out[:, 4:] = codes.view(np.uint8).T
     return out
 
 
@@ -337,14 +368,14 @@ def _importance(x: np.ndarray, qw: np.ndarray, row_blocks: int) -> np.ndarray:
 def _weighted_symmetric(x: np.ndarray, weight: np.ndarray, half: int) -> tuple[np.ndarray, np.ndarray]:
     """(d, codes) of ``make_qx_quants(32, half, x, L, rmse_type=1, weight)``: Q4_0 (8) / Q5_0 (16)."""
     scale, levels = make_qx_quants(np.ascontiguousarray(x.T), half, np.ascontiguousarray(weight.T))
-    return scale.reshape(-1, 1), levels.T.astype(np.int64)
+    return scale, levels
 
 
 def _weighted_affine(x: np.ndarray, weight: np.ndarray, nmax: int):
     """(d, m, codes) of ``make_qkx3_quants(32, nmax, x, weight, ..., -0.9, 0.05, 36)``: Q4_1 / Q5_1."""
     codes, scale, the_min = make_qkx3_quants(np.ascontiguousarray(x.T), np.ascontiguousarray(weight.T),
                                              nmax, -0.9, 0.05, 36)
-    return scale.reshape(-1, 1), -the_min.reshape(-1, 1), codes.T.astype(np.int64)
+    return scale, -the_min, codes
 
 
 def _encode_weighted(kind: str):
@@ -364,9 +395,9 @@ def _encode_weighted(kind: str):
             w = _importance(x, np.asarray(weights, dtype=np.float32), row_blocks)
             if kind.endswith("_0"):
                 d, codes = _weighted_symmetric(x, w, (nmax + 1) // 2)
-                return _store(d, None, codes & 0xFF, five_bit)
+                return _store(d, None, (codes & 0xFF).astype(np.uint8), five_bit)
             d, m, codes = _weighted_affine(x, w, nmax)
-            return _store(d, m, codes & 0xFF, five_bit)
+            return _store(d, m, codes.astype(np.uint8), five_bit)
 
     encode.__name__ = f"_encode_{kind}"
     return encode
