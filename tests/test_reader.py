@@ -79,6 +79,9 @@ def test_counts_too_large_fail_fast(opener):
     raises(opener, gguf([kv("a", 9, u32(8) + u64(2) + s("x") + u64(100) + b"yy")]), E.CountTooLarge,
            24 + 9 + 4 + 12 + 9)
     raises(opener, gguf([kv("a", 9, u32(8) + u64(2) + s("x") + u64(1000) + b"yy")]), E.CountTooLarge)
+    for huge in (1 << 62, 1 << 63, (1 << 64) - 1):  # the walk must not overflow an offset
+        raises(opener, gguf([kv("a", 9, u32(8) + u64(3) + s("x") + u64(huge) + bytes(20))]), E.CountTooLarge,
+               24 + 9 + 4 + 12 + 9)
 
 
 def test_truncated_at_every_byte_raises_format_errors(opener, tmp_path):

@@ -221,8 +221,8 @@ def _walk_strings(p: _Parser, n: int, key: str) -> int:
             if m >= 128:
                 long_at.append(pos)
             pos += 8 + m
-    except struct.error:
-        pos = size + 1  # read past the end: located below
+    except (struct.error, OverflowError):
+        pos = size + 1  # read past the end (or past 2**63 after a huge length): located below
     if pos > size:
         # find the first string whose length field or bytes run past the end
         q = start
