@@ -36,9 +36,11 @@ without an importance matrix); every step is float32:
 ggml has no ``dequantize_row_q8_1`` (Q8_1 only holds activations for dot products), so there is
 nothing to check a Q8_1 decoder against: qformat makes Q8_1 encode-only.
 
-Importance-weighted encoding (ggml's ``quantize_q4_0`` etc. given an imatrix) is registered for
-Q4_0/Q4_1/Q5_0/Q5_1 only when it is available (see the bottom of this module). ggml ignores an
-imatrix for Q8_0 and Q1_0; qformat rejects one for them rather than silently ignore it.
+Importance-weighted encoding (ggml's ``quantize_q4_0`` etc. given an imatrix, byte-identical too):
+Q4_0/Q5_0 run ``make_qx_quants`` and Q4_1/Q5_1 ``make_qkx3_quants`` (``qformat.search``) under the
+weights ``qw * sqrt(sigma2 + x*x)``, where ``sigma2`` is the mean square of the whole ROW; so these
+codecs declare ``row_stats`` and the registry tells them where rows start. ggml ignores an imatrix
+for Q8_0 and Q1_0; qformat rejects one for them rather than silently ignore it.
 """
 from __future__ import annotations
 
