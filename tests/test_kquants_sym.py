@@ -19,6 +19,8 @@ WEIGHTED = [QType.Q3_K, QType.Q6_K]
 QK_K = 256
 
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+#: the differential tests against the C code get more examples: they are the bit-exactness proof
+DIFF_SETTINGS = settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def _bits(a):
@@ -98,7 +100,7 @@ def imatrices(draw, n):
 # --- differential tests against the C reference -------------------------------------------------
 
 @pytest.mark.parametrize("qt", SYM, ids=lambda q: q.name)
-@SETTINGS
+@DIFF_SETTINGS
 @given(x=float_rows())
 def test_encode_matches_ggml(ggml_ref, qt, x):
     got = qformat.quantize(x, qt)
@@ -109,7 +111,7 @@ def test_encode_matches_ggml(ggml_ref, qt, x):
 
 
 @pytest.mark.parametrize("qt", WEIGHTED, ids=lambda q: q.name)
-@SETTINGS
+@DIFF_SETTINGS
 @given(data=st.data())
 def test_weighted_encode_matches_ggml(ggml_ref, qt, data):
     x = data.draw(float_rows())
