@@ -229,22 +229,20 @@ def test_read_unsupported_type_raises(opener):
 
 
 def test_big_endian_file_from_gguf_py(tmp_path):
-    gguf = pytest.importorskip("gguf")
+    pytest.importorskip("gguf")
+    from .test_real_files import write_with_gguf_py
+
     p = tmp_path / "be.gguf"
     x = np.linspace(-2, 2, 12, dtype=np.float32).reshape(3, 4)
-    w = gguf.GGUFWriter(str(p), "llama", endianess=gguf.GGUFEndian.BIG)
-    w.add_uint32("u", 0x01020304)
-    w.add_float64("d", -0.1)
-    w.add_array("ints", [1, -2, 300000])
-    w.add_array("strs", ["a", "bé", ""])
-    w.add_bool("flag", True)
-    w.add_tensor("x", x)
-    w.add_tensor("h", x.astype(np.float16))
-    w.add_tensor("i", np.arange(-3, 3, dtype=np.int16))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+
+    def setup(w):
+        w.add_uint32("u", 0x01020304)
+        w.add_float64("d", -0.1)
+        w.add_array("ints", [1, -2, 300000])
+        w.add_array("strs", ["a", "bé", ""])
+        w.add_bool("flag", True)
+    write_with_gguf_py(p, {"x": x, "h": x.astype(np.float16), "i": np.arange(-3, 3, dtype=np.int16)},
+                       big=True, setup=setup)
     assert p.read_bytes()[4:8] == b"\0\0\0\3"
     with qformat.open(p) as f:
         assert f.byteorder == ">" and f.version == 3

@@ -57,6 +57,20 @@ def gguf_py_view(path) -> dict:
             "alignment": r.alignment}
 
 
+def write_with_gguf_py(path, tensors=None, *, big=False, arch="llama", setup=None) -> None:
+    """Write a file with gguf-py's GGUFWriter (llama.cpp's converter): ``setup(writer)`` adds the
+    metadata after ``general.architecture``, then the tensors are added in order."""
+    w = gguf.GGUFWriter(str(path), arch, endianess=gguf.GGUFEndian.BIG if big else gguf.GGUFEndian.LITTLE)
+    if setup is not None:
+        setup(w)
+    for name, x in (tensors or {}).items():
+        w.add_tensor(name, x)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
 def same_value(a, b) -> bool:
     """Equal values of the same kind; numeric arrays compared bit for bit (NaN == NaN) and by dtype."""
     if isinstance(b, np.ndarray) or isinstance(a, np.ndarray):

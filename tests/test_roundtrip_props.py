@@ -13,7 +13,7 @@ import qformat
 from qformat import _ggml
 from qformat.container.values import FIXED_DTYPE, TypedValue, ValueType as VT
 
-from .test_real_files import assert_matches_ggml, assert_matches_gguf_py, gguf_py_view
+from .test_real_files import assert_matches_ggml, assert_matches_gguf_py, gguf_py_view, write_with_gguf_py
 
 NUMERIC = [VT.UINT8, VT.INT8, VT.UINT16, VT.INT16, VT.UINT32, VT.INT32, VT.FLOAT32, VT.UINT64, VT.INT64, VT.FLOAT64]
 TEXT = st.text(st.characters(blacklist_categories=("Cs",)), max_size=12)
@@ -116,17 +116,13 @@ def test_written_files_agree_with_ggml_and_gguf_py(tmp_path, meta, tens):
 def test_big_endian_files_from_gguf_py(tmp_path, scalars, strs, ints, tens):
     gguf = pytest.importorskip("gguf")
     p = tmp_path / "be.gguf"
-    w = gguf.GGUFWriter(str(p), "arch", endianess=gguf.GGUFEndian.BIG)
-    for i, tv in enumerate(scalars):  # (gguf-py packs floats through Python floats: no NaNs here)
-        w.add_key_value(f"k{i}", tv.value, gguf.GGUFValueType(int(tv.type)))
-    w.add_array("strs", strs)
-    w.add_array("ints", ints.tolist())
-    for name, x in tens.items():
-        w.add_tensor(name, x)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+
+    def setup(w):
+        for i, tv in enumerate(scalars):  # (gguf-py packs floats through Python floats: no NaNs here)
+            w.add_key_value(f"k{i}", tv.value, gguf.GGUFValueType(int(tv.type)))
+        w.add_array("strs", strs)
+        w.add_array("ints", ints.tolist())
+    write_with_gguf_py(p, tens, big=True, arch="arch", setup=setup)
     with qformat.open(p) as f:
         assert f.byteorder == ">"
         typed = f.typed_metadata()

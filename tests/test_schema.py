@@ -15,7 +15,7 @@ from qformat.container import schema
 from qformat.container.values import StringArray
 
 from .conftest import shared_file
-from .test_real_files import REAL
+from .test_real_files import REAL, write_with_gguf_py
 
 
 def _plain(v):
@@ -75,17 +75,13 @@ def test_schema_parses_written_files_with_tensors(tmp_path):
 
 
 def test_schema_parses_big_endian_file(tmp_path):
-    gguf = pytest.importorskip("gguf")
     p = tmp_path / "be.gguf"
-    w = gguf.GGUFWriter(str(p), "llama", endianess=gguf.GGUFEndian.BIG)
-    w.add_uint32("u", 7)
-    w.add_array("sa", ["x", "yé"])
-    w.add_array("ia", [1, -2, 3])
-    w.add_tensor("t", np.arange(6, dtype=np.float32).reshape(2, 3))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+
+    def setup(w):
+        w.add_uint32("u", 7)
+        w.add_array("sa", ["x", "yé"])
+        w.add_array("ia", [1, -2, 3])
+    write_with_gguf_py(p, {"t": np.arange(6, dtype=np.float32).reshape(2, 3)}, big=True, setup=setup)
     assert_schema_agrees(p, ">")
 
 

@@ -11,7 +11,7 @@ import qformat
 from qformat import errors as E
 from qformat.container.values import TypedValue, ValueType as VT
 
-from .test_real_files import assert_matches_ggml, assert_matches_gguf_py, gguf_py_view, same_value
+from .test_real_files import assert_matches_ggml, assert_matches_gguf_py, gguf_py_view, same_value, write_with_gguf_py
 
 RNG = np.random.default_rng(7)
 METADATA = {
@@ -87,19 +87,14 @@ def test_accepted_by_gguf_py_with_identical_content(written):
 
 def test_byte_identical_to_gguf_py_writer(tmp_path):
     """gguf-py (llama.cpp's converter) writes the same layout: the files must be equal byte for byte."""
-    gguf = pytest.importorskip("gguf")
     ref = tmp_path / "ref.gguf"
-    w = gguf.GGUFWriter(str(ref), "llama")
-    w.add_custom_alignment(64)  # sets the key and the layout (a bare add_uint32 would only set the key)
-    w.add_array("toks", ["a", "bé"])
-    w.add_float32("eps", 1e-5)
-    w.add_int64("n", -3)
-    for name, x in TENSORS.items():
-        w.add_tensor(name, x)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+
+    def setup(w):
+        w.add_custom_alignment(64)  # sets the key and the layout (a bare add_uint32 would only set the key)
+        w.add_array("toks", ["a", "bé"])
+        w.add_float32("eps", 1e-5)
+        w.add_int64("n", -3)
+    write_with_gguf_py(ref, TENSORS, setup=setup)
     ours = tmp_path / "ours.gguf"
     qformat.write(ours, TENSORS, {"general.architecture": "llama", "general.alignment": 64, "toks": ["a", "bé"],
                                   "eps": np.float32(1e-5), "n": -3})
