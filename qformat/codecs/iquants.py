@@ -60,8 +60,9 @@ _GROUP_MAX_EPS = _F32(1e-15)
 _NTRY = 7
 
 
-def nearest_level(v: np.ndarray, levels: np.ndarray = _LEVELS) -> np.ndarray:
-    """Index of the nearest of the sorted float32 ``levels`` for each float32 ``v`` (ggml's best_index_int8).
+def nearest_level_by_rule(v: np.ndarray, levels: np.ndarray = _LEVELS) -> np.ndarray:
+    """Index of the nearest of the sorted float32 ``levels`` for each float32 ``v``: ggml's
+    ``best_index_int8`` step by step (the reference that :func:`nearest_level` is derived from).
 
     A NaN input (ggml can produce one as ``inf * 0``) maps to the last level, as ggml's binary search does.
     """
@@ -73,6 +74,62 @@ def nearest_level(v: np.ndarray, levels: np.ndarray = _LEVELS) -> np.ndarray:
     idx = np.where(v <= levels[0], 0, idx)
     idx = np.where(v >= levels[-1], n - 1, idx)
     return idx.astype(np.uint8)
+
+
+def _f32_from_key(k: int) -> np.float32:
+    """Inverse of the order-preserving map float32 -> int (negative floats count down from 0)."""
+    bits = k if k >= 0 else (-k) | 0x80000000
+    return np.array([bits], np.uint32).view(_F32)[0]
+
+
+def _f32_key(v: float) -> int:
+    bits = int(np.array([v], _F32).view(np.uint32)[0])
+    return bits if bits < 0x80000000 else -(bits & 0x7FFFFFFF)
+
+
+def _level_thresholds(levels: np.ndarray) -> np.ndarray:
+    """For each pair of neighbouring levels, the smallest float32 the rule sends to the upper one.
+
+    The rule compares ``fl(v - a) < fl(b - v)``; float rounding is monotone, so that test is true
+    below some float32 and false from it on: bisect for it on the ordered float32 keys.
+    """
+    out = []
+    for k in range(levels.size - 1):
+        lo, hi = _f32_key(levels[k]), _f32_key(levels[k + 1])  # rule(lo) = k, rule(hi) = k + 1
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if nearest_level_by_rule(np.array([_f32_from_key(mid)], _F32), levels)[0] > k:
+                hi = mid
+            else:
+                lo = mid
+        out.append(_f32_from_key(hi))
+    return np.array(out, _F32)
+
+
+def _bucket_tables(thresholds: np.ndarray):
+    """Per unit interval [n, n+1), n = -128..127: thresholds at or below n, and the one inside
+    (NaN where there is none: ``v >= NaN`` is false even for v = inf)."""
+    n = np.arange(-128, 128, dtype=np.float64)
+    base = (thresholds[None, :] <= n[:, None]).sum(axis=1).astype(np.uint8)
+    inner = np.full(n.size, np.nan, _F32)
+    for t in thresholds:
+        f = np.floor(float(t))
+        if f != t:
+            inner[int(f) + 128] = t
+    return base, inner
+
+
+_THRESHOLDS = _level_thresholds(_LEVELS)
+_BUCKET_BASE, _BUCKET_INNER = _bucket_tables(_THRESHOLDS)
+
+
+def nearest_level(v: np.ndarray) -> np.ndarray:
+    """ggml's ``best_index_int8`` over ``KVALUES_IQ4NL`` for float32 ``v``: the number of thresholds
+    at or below ``v``, found from its unit interval (levels are 10+ apart, so an interval holds at
+    most one threshold). Equal to :func:`nearest_level_by_rule` for every float32, NaN included
+    (NaN falls in the last interval and compares false: index 15)."""
+    c = np.fmax(np.fmin(np.floor(v), _F32(127)), _F32(-128)).astype(np.intp) + 128
+    return _BUCKET_BASE[c] + (v >= _BUCKET_INNER[c])
 
 
 def nearest_int(v: np.ndarray) -> np.ndarray:
