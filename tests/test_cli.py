@@ -154,7 +154,7 @@ def _safetensors(tmp_path, name="w.safetensors"):
     return p
 
 
-@pytest.mark.parametrize("case", ["missing", "extension", "truncated", "corrupt-header", "empty"])
+@pytest.mark.parametrize("case", ["missing", "extension", "truncated", "corrupt-header", "empty", "fails-midway"])
 def test_encode_bad_sources(tmp_path, case):
     good = _safetensors(tmp_path)
     data = good.read_bytes()
@@ -164,6 +164,7 @@ def test_encode_bad_sources(tmp_path, case):
         "truncated": tmp_path / "t.safetensors",
         "corrupt-header": tmp_path / "c.safetensors",
         "empty": tmp_path / "e.safetensors",
+        "fails-midway": tmp_path / "m.safetensors",
     }[case]
     if case == "extension":
         src.write_bytes(data)
@@ -173,6 +174,9 @@ def test_encode_bad_sources(tmp_path, case):
         src.write_bytes(data[:8] + b"#" + data[9:])
     elif case == "empty":
         src.write_bytes(b"")
+    elif case == "fails-midway":  # the first tensor is encoded and written before the second fails
+        from safetensors.numpy import save_file
+        save_file({"a.weight": np.ones((8, 256), np.float32), "z": np.ones(4, np.uint16)}, str(src))
     out = tmp_path / "out.gguf"
     r = run("encode", src, "-o", out)
     assert_bad_input(r, str(src))
@@ -260,6 +264,22 @@ def test_inspect_full_and_undecodable_types(tmp_path, ggml_ref):
         assert not (tmp_path / "o.npz").exists()
         r = run("verify", p)
         assert r.returncode == 0 and "SKIP" in r.stdout
+
+
+def test_inspect_big_endian_file(tmp_path):
+    gguf = pytest.importorskip("gguf")
+    p = tmp_path / "be.gguf"
+    w = gguf.GGUFWriter(str(p), arch="test", endianess=gguf.GGUFEndian.BIG)
+    w.add_tensor("t", np.arange(64, dtype=np.float32).reshape(2, 32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    r = run("inspect", p, "--json")
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert d["byteorder"] == "big" and d["tensors"][0]["shape"] == [2, 32]
+    assert {m["key"]: m["value"] for m in d["metadata"]}["general.architecture"] == "test"
 
 
 @pytest.mark.parametrize("content", [b"", b"GGUF", b"GGML" + bytes(20), b"GGUF\x03\x00\x00\x00" + b"\xff" * 16])

@@ -109,6 +109,25 @@ def test_verify_passes_with_and_without_source(encoded):
         assert rep.ok and [t.status for t in rep.tensors] == ["pass"] * 3, rep.as_dict()
 
 
+@settings(max_examples=15, deadline=None)
+@given(st.lists(st.tuples(st.integers(1, 5), st.sampled_from([32, 64, 256, 288, 512])), min_size=1, max_size=4),
+       st.sampled_from(["Q4_K", "Q8_0", "Q5_K_M", "F16", "Q4_0"]), st.integers(0, 2**32 - 1))
+def test_encode_then_verify_round_trip(tmp_path_factory, shapes, target, seed):
+    rng = np.random.default_rng(seed)
+    src = {f"blk.{i}.w": (rng.standard_normal(s) * rng.uniform(1e-3, 10)).astype(np.float32)
+           for i, s in enumerate(shapes)}
+    d = tmp_path_factory.mktemp("rt")
+    np.savez(d / "s.npz", **src)
+    res = encode_file(d / "s.npz", d / "o.gguf", target)
+    assert verify(d / "o.gguf", against=d / "s.npz").ok and verify(d / "o.gguf").ok
+    with qformat.open(d / "o.gguf") as f:
+        rec = recorded_stats(f.metadata)
+        for t in res.tensors:
+            assert f.tensors[t.name].qtype == t.qtype and f.read(t.name).shape == src[t.name].shape
+            assert math.isclose(rec[t.name]["mse"], _naive(src[t.name], f.read(t.name))["mse"],
+                                rel_tol=1e-9, abs_tol=1e-300)
+
+
 def _corrupt_tensor(out, dst, name, how):
     shutil.copy(out, dst)
     with qformat.open(dst) as f:
