@@ -328,6 +328,7 @@ class Writer:
 
     Tensor bytes go to a temporary file as they arrive (memory stays bounded by one tensor); the
     file appears at ``path`` only when the block exits without an exception (or on ``close()``).
+    A Writer dropped without ``close()`` writes nothing and removes its temporary file.
     """
 
     def __init__(self, path: PathLike, metadata: Optional[Mapping[str, Any]] = None, *,
