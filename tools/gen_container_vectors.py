@@ -6,6 +6,8 @@ of the code it tests. Output is deterministic: rerunning reproduces the same byt
 ``tests/test_container_vectors.py`` checks the committed files against a fresh ``generate()``.
 
     python tools/gen_container_vectors.py          # (re)write both folders and their manifest.json
+    python tools/gen_container_vectors.py --probe  # how ggml's C reader and gguf-py treat each vector
+                                                   # (the evidence for spec/container.md §16)
 
 * ``valid/<name>.gguf`` + ``valid/manifest.json``: what a reader must report for each file (version,
   alignment, byte order, data offset, every key with its type and value, every tensor with shape, type,
@@ -42,12 +44,13 @@ VT_FMT = {UINT8: "B", INT8: "b", UINT16: "H", INT16: "h", UINT32: "I", INT32: "i
           UINT64: "Q", INT64: "q", FLOAT64: "d"}
 
 # --- the few ggml tensor types the corpus uses (ids and geometry as in spec §11) ----------------------
-F32, F16, Q4_0, Q8_0, I8, I16, I32, I64, F64, Q4_K = 0, 1, 2, 8, 24, 25, 26, 27, 28, 12
+F32, F16, Q4_0, Q8_0, I8, I16, I32, I64, F64, Q4_K, BF16 = 0, 1, 2, 8, 24, 25, 26, 27, 28, 12, 30
 TT_NAME = {F32: "F32", F16: "F16", Q4_0: "Q4_0", Q8_0: "Q8_0", I8: "I8", I16: "I16", I32: "I32", I64: "I64",
-           F64: "F64", Q4_K: "Q4_K"}
+           F64: "F64", Q4_K: "Q4_K", BF16: "BF16"}
 TT_BLOCK = {F32: (1, 4), F16: (1, 2), Q4_0: (32, 18), Q8_0: (32, 34), I8: (1, 1), I16: (1, 2), I32: (1, 4),
-            I64: (1, 8), F64: (1, 8), Q4_K: (256, 144)}
+            I64: (1, 8), F64: (1, 8), Q4_K: (256, 144), BF16: (1, 2)}
 TT_FMT = {F32: "f", F16: "e", I8: "b", I16: "h", I32: "i", I64: "q", F64: "d"}
+FLOAT_TYPES = (F32, F16, F64, BF16)
 
 U64_MAX = 2**64 - 1
 
@@ -145,6 +148,10 @@ def nbytes_of(t: T) -> int:
 
 
 def tensor_bytes(t: T, endian: str) -> bytes:
+    if t.type == BF16:  # the upper half of the float32 bits (values are chosen exactly representable)
+        halves = [struct.unpack("<I", struct.pack("<f", x))[0] >> 16 for x in t.values]
+        assert all(struct.unpack("<f", struct.pack("<I", h << 16))[0] == x for h, x in zip(halves, t.values))
+        return struct.pack(f"{endian}{len(halves)}H", *halves)
     if t.type in TT_FMT:
         return struct.pack(f"{endian}{len(t.values)}{TT_FMT[t.type]}", *t.values)
     assert len(t.values) == nbytes_of(t)
@@ -324,7 +331,7 @@ VALID: list[Valid] = [
     Valid("zero_tensors", "metadata only; the file ends right after the last KV (no padding), as gguf-py "
           "writes vocab files", [("general.architecture", V(STRING, "llama")), ("x", V(UINT32, 7))], []),
     Valid("header_only", "no KV pairs, no tensors: the 24-byte header is the whole file", [], []),
-    Valid("ranks_1_to_4", "tensors of rank 1..4 incl. a scalar-like ne=[1], every plain element type, two "
+    Valid("ranks_1_to_4", "tensors of rank 1..4 incl. a scalar-like ne=[1], every plain element type (BF16 too), two "
           "block types, a 63-byte name and a non-ASCII name; packed layout, default alignment",
           [("general.architecture", V(STRING, "llama"))], [
               T("scalar", (1,), F32, [f32(-1.5)]),
@@ -336,6 +343,7 @@ VALID: list[Valid] = [
               T("i32", (2, 2), I32, [-(2**31), 0, 1, 2**31 - 1]),
               T("i64", (2,), I64, [-(2**63), 2**63 - 1]),
               T("f64", (3,), F64, [math.pi, -0.0, 1e-300]),
+              T("bf16", (4,), BF16, [1.0, -2.5, 0.15625, 3.0 * 2.0**100]),
               T("q4_0", (64, 2), Q4_0, pattern(4 * 18, 1)),
               T("q8_0", (32,), Q8_0, pattern(34, 2)),
               T("n" * 63, (2,), F16, [f16(0.5), f16(-2.0)]),
@@ -355,7 +363,8 @@ VALID: list[Valid] = [
            ("b.uint64", V(UINT64, 0x0102030405060708)), ("b.bool", V(BOOL, 1)),
            ("b.a.uint32", arr(UINT32, [1, 0x01020304])), ("b.a.string", arr(STRING, ["big", "endian"])),
            ("b.a.float32", arr(FLOAT32, [f32(0.3), -1.0]))],
-          [_f32_tensor("w", (4, 2)), _f16_tensor("h", (3,)), T("q", (32,), Q8_0, pattern(34, 3))],
+          [_f32_tensor("w", (4, 2)), _f16_tensor("h", (3,)), T("q", (32,), Q8_0, pattern(34, 3)),
+           T("bf", (2,), BF16, [-1.0, 0.5]), T("i", (2,), I32, [1, -2])],
           endian=">", ggml_c="ggml's C reader reads only host byte order"),
     Valid("version2", "GGUF version 2 (same layout as 3)",
           [("general.architecture", V(STRING, "llama")), ("v", arr(INT32, [2]))], [_f32_tensor("t", (2,))],
@@ -380,8 +389,8 @@ def _tensor_entry(t: T, abs_offset: int, endian: str) -> dict:
         "nbytes": len(data),
         "sha256": hashlib.sha256(data).hexdigest(),
     }
-    if t.type in TT_FMT:
-        entry["values"] = [float(x).hex() if t.type in (F32, F16, F64) else x for x in t.values]
+    if t.type in TT_FMT or t.type == BF16:
+        entry["values"] = [float(x).hex() if t.type in FLOAT_TYPES else x for x in t.values]
     return entry
 
 
@@ -781,7 +790,52 @@ def generate() -> dict[Path, bytes]:
     return out
 
 
+# gguf_init_from_file itself (not _ggml.read_gguf, whose Python side would fail on invalid UTF-8 that ggml
+# accepted); metadata only, as llama.cpp opens a model
+_PROBE_GGML = """import os
+from qformat import _ggml
+L = _ggml.lib()
+ctx = L.gguf_init_from_file(os.fsencode({p!r}), _ggml._InitParams(True, None))
+print(bool(ctx))
+if ctx:
+    L.gguf_free(ctx)"""
+_PROBE_GGUF_PY = """import gguf
+try:
+    gguf.GGUFReader({p!r}); print('accepted')
+except Exception as e:
+    print(type(e).__name__)"""
+
+
+def probe_references() -> int:
+    """Run every committed vector through ggml's C reader and gguf-py, each in its own subprocess
+    (ggml aborts the process on some inputs; gguf-py hangs on some), and print what each did."""
+    import subprocess
+
+    def run(code: str, timeout: float) -> str:
+        try:
+            r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return f"hangs (>{timeout:g} s)"
+        if r.returncode < 0:
+            return f"killed by signal {-r.returncode}"
+        if r.returncode:
+            last = (r.stderr.strip().splitlines() or ["?"])[-1]
+            return f"exit {r.returncode}: {last[:60]}"
+        return {"True": "accepted", "False": "rejected"}.get(r.stdout.strip(), r.stdout.strip())
+
+    for folder in (VALID_DIR, INVALID_DIR):
+        for e in json.loads((ROOT / folder / "manifest.json").read_text()):
+            p = str(ROOT / folder / e["file"])
+            ggml = run(_PROBE_GGML.format(p=p), 30)
+            gpy = run(_PROBE_GGUF_PY.format(p=p), 5)
+            want = e.get("error", "valid")
+            print(f"{folder.name:7s} {e['file']:44s} {want:20s} ggml: {ggml:24s} gguf-py: {gpy}")
+    return 0
+
+
 def main() -> int:
+    if "--probe" in sys.argv[1:]:
+        return probe_references()
     wanted = generate()
     for folder in (VALID_DIR, INVALID_DIR):
         (ROOT / folder).mkdir(parents=True, exist_ok=True)
