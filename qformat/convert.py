@@ -309,7 +309,13 @@ def _json_scalar(v: Any) -> Any:
         return int(v)
     if isinstance(v, (np.floating, float)):
         f = float(v)
-        return f if math.isfinite(f) else str(f)  # JSON has no inf/nan
+        if not math.isfinite(f):
+            return str(f)  # JSON has no inf/nan
+        if isinstance(v, np.float32):
+            # the shortest decimal that reads back as the same float32 (1e-05, not 9.99999974e-06)
+            return float(np.format_float_positional(v, unique=True, trim="-")) if abs(f) >= 1e-4 or f == 0 \
+                else float(np.format_float_scientific(v, unique=True))
+        return f
     return v
 
 

@@ -382,3 +382,96 @@ def test_unencodable_types_fall_back_upward(monkeypatch):
     plan = Planner(Target.parse("Q4_K_S"), [("blk.0.attn_v.weight", (8, 512), "float")])
     c = plan.choose("blk.0.attn_v.weight", (8, 512))
     assert c.wanted == QType.Q5_K and c.qtype == QType.Q8_0
+
+
+def _plan(target, names_shapes):
+    listing = [(n, s, "float") for n, s in names_shapes]
+    return {c.name: c.qtype.name for c in Planner(Target.parse(target), listing).choose_all(listing)}
+
+
+def _layers(n, ncols=512):
+    return [(f"blk.{i}.{k}.weight", (8, ncols)) for i in range(n)
+            for k in ("attn_q", "attn_v", "attn_output", "ffn_down", "ffn_up")]
+
+
+def test_mix_rules_follow_llama_quantize():
+    # expectations read off llama.cpp's llama_tensor_get_type for these mixes (no Falcon/70B/MoE cases)
+    p = _plan("Q4_K_S", _layers(8) + [("output.weight", (8, 512))])
+    assert [i for i in range(8) if p[f"blk.{i}.attn_v.weight"] == "Q5_K"] == [0, 1, 2, 3]
+    assert [i for i in range(8) if p[f"blk.{i}.ffn_down.weight"] == "Q5_K"] == [0]  # i < n/8
+    assert p["output.weight"] == "Q6_K" and p["blk.5.ffn_up.weight"] == "Q4_K"
+    p = _plan("Q3_K_M", _layers(16))
+    assert [i for i in range(16) if p[f"blk.{i}.attn_v.weight"] == "Q5_K"] == [0, 1]
+    assert {p[f"blk.{i}.attn_v.weight"] for i in range(2, 16)} == {"Q4_K"}
+    assert [i for i in range(16) if p[f"blk.{i}.ffn_down.weight"] == "Q5_K"] == [0]  # i < n/16
+    assert {p[f"blk.{i}.ffn_down.weight"] for i in range(1, 16)} == {"Q4_K"}
+    assert {p[f"blk.{i}.attn_output.weight"] for i in range(16)} == {"Q4_K"}
+    assert {p[f"blk.{i}.attn_q.weight"] for i in range(16)} == {"Q3_K"}
+    p = _plan("Q5_K_S", _layers(4) + [("output.weight", (8, 512))])
+    assert set(p.values()) == {"Q5_K", "Q6_K"} and p["output.weight"] == "Q6_K"
+    assert set(_plan("Q6_K", _layers(4)).values()) == {"Q6_K"}
+    p = _plan("Q8_0", _layers(2) + [("output.weight", (8, 512))])
+    assert set(p.values()) == {"Q8_0"}
+    # tied embeddings: without output.weight, token_embd is treated as the output tensor
+    assert _plan("Q4_K_M", [("token_embd.weight", (8, 512))])["token_embd.weight"] == "Q6_K"
+    assert _plan("Q4_K_M", [("token_embd.weight", (8, 512)), ("output.weight", (8, 512))])["token_embd.weight"] == "Q4_K"
+    # an output whose rows do not fit 256-value blocks becomes Q8_0
+    assert _plan("Q4_K_M", [("output.weight", (8, 384))])["output.weight"] == "Q8_0"
+    # kept in F32 whatever the target: 1-D, norms, MoE gates, position embeddings
+    p = _plan("Q4_K", [("blk.0.attn_norm.weight", (8, 512)), ("blk.0.ffn_gate_inp.weight", (8, 512)),
+                       ("position_embd.weight", (8, 512)), ("bias", (512,))])
+    assert set(p.values()) == {"F32"}
+
+
+def test_float32_metadata_prints_shortest():
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from qformat.convert import _json_scalar
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.floats(width=32, allow_nan=False, allow_infinity=False))
+    def check(f):
+        v = np.float32(f)
+        out = _json_scalar(v)
+        assert isinstance(out, float) and np.float32(out) == v and len(repr(out)) <= len(repr(float(v)))
+    check()
+
+
+def test_progress_bar_only_on_a_terminal(tmp_path):
+    pty = pytest.importorskip("pty")
+    import fcntl
+    import struct
+    import termios
+    import threading
+
+    src = _safetensors(tmp_path)
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a fresh pty is 0x0
+    chunks: list = []
+
+    def drain():  # read while the child runs: a pty's buffer is small
+        while True:
+            try:
+                b = os.read(master, 65536)
+            except OSError:
+                return
+            if not b:
+                return
+            chunks.append(b)
+    t = threading.Thread(target=drain)
+    t.start()
+    try:
+        r = subprocess.run([sys.executable, "-m", "qformat", "encode", str(src), "-o", str(tmp_path / "p.gguf")],
+                           stdout=subprocess.PIPE, stderr=slave, env=ENV, timeout=120)
+    finally:
+        os.close(slave)
+        t.join(10)
+        os.close(master)
+    assert r.returncode == 0
+    assert b"0/1 [" in b"".join(chunks) and b"tensor/s" in b"".join(chunks)  # tqdm's bar, on the terminal
+    q = run("encode", src, "-o", tmp_path / "p2.gguf")
+    assert q.returncode == 0 and q.stderr == ""  # not a terminal: no bar
+    quiet = subprocess.run([sys.executable, "-m", "qformat", "encode", str(src), "-o", str(tmp_path / "p3.gguf"), "-q"],
+                           capture_output=True, env=ENV, timeout=120)
+    assert quiet.returncode == 0 and quiet.stdout == b"" and quiet.stderr == b""
