@@ -170,7 +170,7 @@ def test_nearest_int_is_round_half_even_in_range():
     np.testing.assert_array_equal(iquants.nearest_int(v), np.rint(v.astype(np.float64)).astype(np.int32))
 
 
-def test_iq4xs_scale_codes_round_trip_through_the_packing():
+def test_iq4xs_largest_subblock_gets_code_minus_32():
     rng = np.random.default_rng(3)
     x = rng.standard_normal((64, 256)).astype(np.float32) * rng.uniform(0.1, 10, (64, 8)).repeat(32, 1).astype(np.float32)
     blocks = qformat.quantize(x, QType.IQ4_XS)
