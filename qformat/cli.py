@@ -290,6 +290,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         print("qformat: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # a bug, not bad input; still one line and a documented exit status
+        if args.debug:
+            traceback.print_exc()
+        print(f"qformat: internal error ({type(e).__name__}: {' '.join(str(e).split())}); "
+              f"rerun with --debug and report it", file=sys.stderr)
+        return EXIT_BAD_INPUT
 
 
 def run() -> None:
