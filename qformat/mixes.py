@@ -5,8 +5,8 @@ whether to quantize a tensor, and ``llama_tensor_get_type``), restated here:
 
 Which tensors are quantized at all (the others keep a float type):
 
-* Only tensors with 2 or more dimensions. 1-D tensors (norms, biases, scales) are stored F32,
-  whatever the target — except for a float target (F16/BF16/F32), which they also keep as F32.
+* Only tensors with 2 or more dimensions. 1-D tensors (norms, biases, scales) are stored F32
+  whatever the target, F16 and BF16 included (as llama-quantize does).
 * Never: names containing ``_norm.weight``, ``ffn_gate_inp.weight``, ``ssm_conv1d.weight``,
   ``attn_rel_b.weight``, ``time_mix_first/w1/w2/decay_w1/decay_w2/lerp_fused.weight``, or equal to
   ``position_embd.weight`` / ``token_types.weight``: they stay F32.
