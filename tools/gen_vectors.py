@@ -35,7 +35,7 @@ ROW = 512  # a multiple of every block size (32, 64, 128, 256)
 #: types whose ggml encoder (ggml_quantize_chunk) changes its output when given an imatrix
 WEIGHTED = {
     QType.Q4_0, QType.Q4_1, QType.Q5_0, QType.Q5_1, QType.Q2_K, QType.Q3_K, QType.Q4_K, QType.Q5_K,
-    QType.Q6_K, QType.IQ4_NL, QType.IQ4_XS, QType.TQ1_0, QType.TQ2_0,
+    QType.Q6_K, QType.IQ4_NL, QType.IQ4_XS,
 }
 #: types ggml can decode but not produce without an importance matrix
 DECODE_ONLY = {QType.IQ2_XXS, QType.IQ2_XS, QType.IQ2_S, QType.IQ1_S, QType.IQ1_M, QType.IQ3_XXS, QType.IQ3_S}
