@@ -199,16 +199,21 @@ register(Codec(QType.Q4_K, _q4_k_decode, _q4_k_encode, modes=("ggml", "best"), w
 
 # ==== Q5_K: d fp16 @0 | dmin fp16 @2 | scales[12] @4 | qh[32] @16 | qs[128] @48 (176 bytes) =========
 
-_Q5_SHIFTS = np.arange(8, dtype=np.uint8).reshape(1, 8, 1)
+#: qh is read as four little-endian 64-bit words per block; shifting a word right by s and keeping
+#: bit 0 of every byte extracts bit s of 8 bytes at once
+_Q5_SHIFTS = np.arange(8, dtype=np.uint64).reshape(1, 8, 1)
+_EVERY_BYTE_BIT0 = np.uint64(0x0101010101010101)
+
 
 def _q5_k_decode(blocks: np.ndarray) -> np.ndarray:
     qs = blocks[:, 48:176].reshape(-1, 4, 32)
-    qh = blocks[:, 16:48].reshape(-1, 1, 32)
-    high = (qh >> _Q5_SHIFTS) & 1  # (nblocks, 8, 32): bit 2c + h of qh is plane (c, h)
+    qh = np.ascontiguousarray(blocks[:, 16:48]).view("<u8").reshape(-1, 1, 4)
+    bit4 = ((qh >> _Q5_SHIFTS) & _EVERY_BYTE_BIT0) << np.uint64(4)  # (nblocks, 8, 4) words
+    high = bit4.view(np.uint8).reshape(-1, 8, 32)  # plane 2c + h: 16 where the code has bit 4 set
 
     def planes(h):
         low = qs >> 4 if h else qs & 0x0F
-        return low | (high[:, h::2] << 4)
+        return low | high[:, h::2]
 
     return _decode_sm(blocks, planes)
 
