@@ -22,7 +22,7 @@ from .conftest import shared_file
 QK_K = 256
 # differing_executors: the contract's methods run once per type subclass; a replayed example from
 # one type is just another valid input for the other, so sharing the example database is harmless
-SETTINGS = settings(max_examples=60, deadline=None,
+SETTINGS = settings(max_examples=120, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.differing_executors])
 
 KINDS = ["normal", "laplace", "t1", "uniform", "ints", "positive", "negative", "offset", "sparse",
