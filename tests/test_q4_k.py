@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import qformat
-from qformat.codecs import bits
+from qformat.codecs import CHUNK_VALUES, REGISTRY, bits
 from qformat.errors import CodecError
 from qformat.search.ggml import nearest_int, seqsum
 from qformat.types import BLOCK, QType
@@ -200,6 +200,15 @@ class KQuantContract:
     @given(seed=st.integers(0, 2**32 - 1), nblocks=st.integers(1, 40))
     def test_decode_random_bytes_matches_ggml(self, ggml_ref, seed, nblocks):
         check_decode_random_bytes(ggml_ref, self.qt, seed, nblocks)
+
+    def test_inputs_spanning_several_chunks(self, ggml_ref):
+        """The registry hands codecs chunks (256 blocks to encode, 1024 to decode here): seams too."""
+        codec = REGISTRY[self.qt]
+        nblocks = 2 * max(codec.decode_chunk_values, CHUNK_VALUES) // QK_K + 7
+        check_decode_random_bytes(ggml_ref, self.qt, seed=self.seed_base + 11, nblocks=nblocks)
+        x = make_input("laplace", 2, 150, 0.0, seed=self.seed_base + 12)  # 300 blocks, rows of 150
+        check_encode_vs_ggml(ggml_ref, self.qt, x)
+        check_encode_vs_ggml(ggml_ref, self.qt, x, imatrix=np.linspace(0.5, 2, x.shape[1], dtype=np.float32))
 
     def test_real_weights_byte_identical(self, ggml_ref):
         assert check_real_weights(ggml_ref, self.qt) > 1000

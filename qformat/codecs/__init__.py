@@ -39,6 +39,9 @@ class Codec:
     #: with weights, ``encode`` also gets ``row_blocks=`` (blocks per row): its weighting uses
     #: statistics of the whole row (the legacy types' sigma2)
     row_stats: bool = False
+    #: values per chunk handed to ``decode`` (0: :data:`CHUNK_VALUES`); a decoder whose cost is mostly
+    #: fixed per call (few, cheap passes) is faster on larger chunks
+    decode_chunk_values: int = 0
     doc: str = field(default="", compare=False)
 
 
@@ -156,7 +159,7 @@ def dequantize(data, qtype: QTypeLike) -> np.ndarray:
     blocks = np.ascontiguousarray(arr).reshape(-1, nbytes)
     total = blocks.shape[0]
     out = np.empty((total, elems), dtype=np.float32)
-    step = _chunk_blocks(total, elems)
+    step = max(1, (codec.decode_chunk_values or CHUNK_VALUES) // elems)
     for s in range(0, total, step):
         e = min(total, s + step)
         out[s:e] = codec.decode(blocks[s:e])

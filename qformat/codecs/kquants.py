@@ -39,6 +39,9 @@ from .bits import (
 
 f32 = np.float32
 QK_K = 256
+#: values per decode call: the decoders make a handful of broadcast passes whose per-call and
+#: per-row overheads dominate at 64K values; 256K values (1 MB of output) measured ~1.25x faster
+_DECODE_CHUNK = 1 << 18
 
 
 # ==== shared helpers: 8 x 32 sub-blocks with 6-bit scales and mins (Q4_K, Q5_K) ====================
@@ -194,6 +197,7 @@ def _q4_k_encode(x: np.ndarray, *, mode: str = "ggml", weights: Optional[np.ndar
 
 
 register(Codec(QType.Q4_K, _q4_k_decode, _q4_k_encode, modes=("ggml", "best"), weighted=True,
+               decode_chunk_values=_DECODE_CHUNK,
                doc="4.5 bpw: 8 x 32 sub-blocks, 6-bit scales and mins, 4-bit codes"))
 
 
@@ -232,4 +236,5 @@ def _q5_k_encode(x: np.ndarray, *, mode: str = "ggml", weights: Optional[np.ndar
 
 
 register(Codec(QType.Q5_K, _q5_k_decode, _q5_k_encode, modes=("ggml", "best"), weighted=True,
+               decode_chunk_values=_DECODE_CHUNK,
                doc="5.5 bpw: 8 x 32 sub-blocks, 6-bit scales and mins, 5-bit codes"))
