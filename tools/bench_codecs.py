@@ -6,7 +6,8 @@
 
 For each type, the same float32 input (``--values`` values, normal with a per-row scale) is encoded
 and the resulting bytes decoded by each implementation. Figures are MB/s of float32 (4 bytes per
-value) on the best of ``--repeat`` runs, followed by qformat's ratio to each other implementation.
+value) on the best of ``--repeat`` rounds, followed by qformat's ratio to each other implementation.
+Every round runs each implementation once, in turn, so all of them see the same machine load.
 ggml is timed through ``qformat._ggml`` (``ggml_quantize_chunk`` without imatrix, i.e.
 ``quantize_row_<t>_ref`` for the k-quants, and ``dequantize_row_<t>``); the ctypes call overhead is
 negligible at this size. An implementation that lacks a direction prints ``n/a``.
@@ -36,15 +37,6 @@ TYPES += ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q1_0", "F16", "BF16"]  # lega
 ROW_REF_ONLY = {QType.Q8_K}
 
 
-def _best_seconds(fn, repeat: int) -> float:
-    best = float("inf")
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
-
-
 def _gguf_funcs(qt: QType):
     try:
         import gguf
@@ -55,13 +47,31 @@ def _gguf_funcs(qt: QType):
     return (lambda x: quants.quantize(x, gt)), (lambda b: quants.dequantize(b, gt))
 
 
-def _measure(fn, arg, repeat: int, mb: float):
-    """MB/s of ``fn(arg)``, or None when the implementation does not support it."""
-    try:
-        fn(arg)  # warm-up, and the support check
-    except (NotImplementedError, KeyError, ValueError, TypeError, AttributeError):
-        return None
-    return mb / _best_seconds(lambda: fn(arg), repeat)
+_UNSUPPORTED = (NotImplementedError, KeyError, ValueError, TypeError, AttributeError)
+
+
+def _interleaved_mbps(fns: dict, arg, repeat: int, mb: float) -> dict:
+    """MB/s of each ``fn(arg)`` (None where unsupported), best of ``repeat`` rounds.
+
+    Each round times every implementation once, in turn, so that all of them share whatever load
+    the (shared) machine has at that moment and the ratios stay meaningful.
+    """
+    live = {}
+    for name, fn in fns.items():
+        if fn is None:
+            continue
+        try:
+            fn(arg)  # warm-up, and the support check
+        except _UNSUPPORTED:
+            continue
+        live[name] = fn
+    best = {name: float("inf") for name in live}
+    for _ in range(repeat):
+        for name, fn in live.items():
+            t0 = time.perf_counter()
+            fn(arg)
+            best[name] = min(best[name], time.perf_counter() - t0)
+    return {name: (mb / best[name] if name in live else None) for name in fns}
 
 
 def bench_type(name: str, x: np.ndarray, repeat: int) -> list[tuple[str, str, dict]]:
@@ -78,7 +88,7 @@ def bench_type(name: str, x: np.ndarray, repeat: int) -> list[tuple[str, str, di
     }
     rows = []
     for direction, idx, arg in (("encode", 0, x), ("decode", 1, blocks)):
-        res = {k: (_measure(v[idx], arg, repeat, mb) if v[idx] is not None else None) for k, v in impls.items()}
+        res = _interleaved_mbps({k: v[idx] for k, v in impls.items()}, arg, repeat, mb)
         rows.append((name, direction, res))
     return rows
 
@@ -91,7 +101,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--types", default=",".join(TYPES))
     ap.add_argument("--values", type=int, default=1 << 20, help="float32 values (multiple of 256)")
-    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--repeat", type=int, default=5)
     args = ap.parse_args(argv)
     rng = np.random.default_rng(7)
     rows = args.values // 4096
