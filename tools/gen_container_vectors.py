@@ -135,10 +135,10 @@ class Buf:
         self.put(f"{label}.type", "I", ttype)
         self.put(f"{label}.offset", "Q", offset)
 
-    def pad(self, alignment: int, label: str = "padding") -> None:
+    def pad(self, alignment: int, label: str = "padding", fill: int = 0) -> None:
         n = -len(self.b) % alignment
         if n:
-            self.raw(label, bytes(n))
+            self.raw(label, bytes([fill]) * n)
 
 
 # --- tensors ---------------------------------------------------------------------------------------
@@ -175,11 +175,13 @@ def pattern(n: int, seed: int) -> bytes:
 
 
 def build(kvs: Sequence[tuple[Any, V]], tensors: Sequence[T] = (), *, endian: str = "<", version: int = 3,
-          alignment: int = 32, offsets: Optional[Sequence[int]] = None, trailing: bytes = b"") -> Buf:
+          alignment: int = 32, offsets: Optional[Sequence[int]] = None, trailing: bytes = b"",
+          fill: int = 0) -> Buf:
     """A complete, well-formed file: header, KVs, tensor infos, zero padding, tensor data.
 
     ``offsets`` (relative to the data section) default to ggml's packed layout: each tensor starts at
-    the previous one's end rounded up to the alignment.
+    the previous one's end rounded up to the alignment. ``fill`` is the padding byte (MUST be 0 for a
+    writer; one valid vector uses another to pin down that readers do not inspect padding).
     """
     buf = Buf(endian)
     buf.header(len(tensors), len(kvs), version)
@@ -193,15 +195,15 @@ def build(kvs: Sequence[tuple[Any, V]], tensors: Sequence[T] = (), *, endian: st
     for i, (t, off) in enumerate(zip(tensors, offsets)):
         buf.tensor_info(t.name, t.ne, t.type, off, f"ti{i}")
     if tensors:
-        buf.pad(alignment, "padding.data")
+        buf.pad(alignment, "padding.data", fill)
         data_start = len(buf)
         for i, (t, off) in enumerate(zip(tensors, offsets)):
             gap = data_start + off - len(buf)
             assert gap >= 0, "offsets must be increasing and non-overlapping"
             if gap:
-                buf.raw(f"padding.t{i}", bytes(gap))
+                buf.raw(f"padding.t{i}", bytes([fill]) * gap)
             buf.raw(f"data.t{i}", tensor_bytes(t, endian))
-        buf.pad(alignment, "padding.end")
+        buf.pad(alignment, "padding.end", fill)
     if trailing:
         buf.raw("trailing", trailing)
     return buf
@@ -254,6 +256,7 @@ class Valid(NamedTuple):
     alignment: int = 32
     offsets: Optional[list] = None
     trailing: bytes = b""
+    fill: int = 0
     ggml_c: Optional[str] = None  # None: ggml's C reader reads it; else why it cannot
     gguf_py: Optional[str] = None  # None: gguf-py reads it with the same values; else why not
 
@@ -382,6 +385,12 @@ VALID: list[Valid] = [
           version=2),
     Valid("trailing_bytes", "bytes after the last tensor's padding are ignored",
           [("general.architecture", V(STRING, "llama"))], [_f32_tensor("t", (3,))], trailing=b"TRAILER\xff"),
+    Valid("nonzero_padding", "every padding byte is 0xA5: readers do not inspect padding (spec §9.2), "
+          "though writers MUST write zeros", [("general.architecture", V(STRING, "llama"))],
+          [_f32_tensor("a", (3,)), _f16_tensor("b", (5,))], fill=0xA5),
+    Valid("tensor_name_nul", "a tensor name with a NUL inside is read whole (writers MUST NOT write one)",
+          [("general.architecture", V(STRING, "llama"))], [_f32_tensor("a\x00b", (2,))],
+          ggml_c="ggml's C reader truncates tensor names at the first NUL"),
     Valid("gapped_offsets", "aligned, increasing offsets with unused gaps (first tensor at 32, second at 128): "
           "any non-overlapping increasing layout is valid, not only ggml's packed one",
           [("general.architecture", V(STRING, "llama"))],
@@ -411,7 +420,7 @@ def valid_files() -> tuple[dict[str, bytes], list[dict]]:
         declared = dict(v.kvs).get("general.alignment", V(UINT32, 32)).value
         assert declared == v.alignment, f"{v.name}: general.alignment and the layout's alignment differ"
         buf = build(v.kvs, v.tensors, endian=v.endian, version=v.version, alignment=v.alignment,
-                    offsets=v.offsets, trailing=v.trailing)
+                    offsets=v.offsets, trailing=v.trailing, fill=v.fill)
         data = bytes(buf.b)
         starts = {lab: s for lab, s, _ in buf.fields}
         # end of the last KV / tensor info (the header when there are none)
