@@ -208,15 +208,19 @@ register(Codec(QType.Q4_K, _q4_k_decode, _q4_k_encode, modes=("ggml", "best"), w
 
 #: qh is read as four little-endian 64-bit words per block; shifting a word right by s and keeping
 #: bit 0 of every byte extracts bit s of 8 bytes at once
-_Q5_SHIFTS = np.arange(8, dtype=np.uint64).reshape(1, 8, 1)
 _EVERY_BYTE_BIT0 = np.uint64(0x0101010101010101)
 
 
 def _q5_k_decode(blocks: np.ndarray) -> np.ndarray:
-    qs = blocks[:, 48:176].reshape(-1, 4, 32)
-    qh = np.ascontiguousarray(blocks[:, 16:48]).view("<u8").reshape(-1, 1, 4)
-    bit4 = ((qh >> _Q5_SHIFTS) & _EVERY_BYTE_BIT0) << np.uint64(4)  # (nblocks, 8, 4) words
-    high = bit4.view(np.uint8).reshape(-1, 8, 32)  # plane 2c + h: 16 where the code has bit 4 set
+    n = blocks.shape[0]
+    qs = blocks[:, 48:176].reshape(n, 4, 32)
+    qh = np.ascontiguousarray(blocks[:, 16:48]).view("<u8")  # (nblocks, 4)
+    bit4 = np.empty((8, n, 4), dtype=np.uint64)  # plane p = 2c + h first: long contiguous passes
+    for p in range(8):
+        np.right_shift(qh, np.uint64(p), out=bit4[p])
+    bit4 &= _EVERY_BYTE_BIT0
+    bit4 <<= np.uint64(4)
+    high = bit4.view(np.uint8).reshape(8, n, 32).transpose(1, 0, 2)  # (nblocks, plane, 32): 0 or 16
 
     def planes(h):
         low = qs >> 4 if h else qs & 0x0F
