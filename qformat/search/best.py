@@ -22,15 +22,20 @@ here (all of it vectorized over sub-blocks, no Python loop over blocks):
    ``(nmax + a) / (max - min)`` *and* rounding shift ``f`` (so the grid is not pinned at the minimum),
    each followed by a closed-form least-squares ``(s, b)`` for its codes; the best trial then gets two
    Lloyd steps (re-round codes, refit ``(s, b)``).
-2. Quantize to the super-block: ``d = max(s) / 63`` and ``dmin = max(-b) / 63`` (fp16), tried at a few
-   slightly stretched ``dmin`` (the 6-bit grid of offsets lands differently on each sub-block's ideal).
-3. For each sub-block, try the rounded ``(sc, m)`` and its 8 integer neighbours with freshly rounded
-   codes; keep the lowest error. Then refit ``(d, dmin)`` jointly by least squares given all integer
-   scales, mins and codes (a 2x2 system per super-block), round to fp16, and search the neighbours again.
-4. Keep, per super-block, the best of all these candidates and of ggml's block.
+2. Choose fp16 ``d``, ``dmin`` and the 6-bit ``sc``, ``m`` with a quadratic model of the error: for
+   fixed codes, moving a sub-block's (scale, offset) by (ds, db) from its least-squares optimum adds
+   ``ds^2 Sqq + 2 ds db Sq + db^2 Sw``. Candidates are 8 x 8 small stretches of ``max(s)/63`` and
+   ``max(-b)/63`` (6 x 6 for Q5_K; each lands the 6-bit grids at another phase against the sub-blocks' ideal
+   values); each sub-block takes the better of floor/ceil for ``sc`` and the nearest ``m`` given
+   that, and the pair with the least predicted increase wins.
+3. Exact search around it: each sub-block tries its (sc, m) and the 4 unit moves with freshly rounded
+   codes and keeps the lowest error; then ``(d, dmin)`` is refit jointly by least squares given all
+   integer scales, mins and codes (a 2x2 system per super-block) and rounded to fp16, and each
+   sub-block tries its (sc, m) and all 8 neighbours again.
+4. Keep, per super-block, the best of these candidates and of ggml's block.
 
 Arrays in the search are laid out ``(8, 32, n)`` -- sub-block, position, super-block -- so every step
-is one numpy operation across all super-blocks of a chunk.
+is one numpy operation across all super-blocks of a chunk (candidates of one step on a leading axis).
 """
 from __future__ import annotations
 
@@ -49,21 +54,32 @@ from ..types import QType
 
 _F32 = np.float32
 
-#: Trial grids for the per-sub-block fit: inverse scale (nmax + a)/(max - min), rounding shift f.
-#: A 0.2-spaced sweep of ``a`` (as ggml's, but wider) times three shifts; on N(0,1) this reaches the
-#: float fit of a dense 2-D search within 0.3% at a third of its cost.
-_TRIALS = tuple((round(a, 1), f) for a in np.arange(-2.4, 1.01, 0.2) for f in (-0.4, -0.1, 0.2))
+#: Trials for the per-sub-block fit: (a, f) = inverse scale (nmax + a)/(max - min), rounding shift f.
+#: Chosen greedily from a dense grid (a in -3..1.2, f in -0.5..0.4, steps 0.1), each pick lowering most
+#: the mean fitted error over a mixed sample of N(0,1), Laplace, Student-t(4) and MiniLM sub-blocks
+#: (4-bit codes); these 30 match ggml's 21-trial sweep widened to a 54-trial 2-D grid.
+_TRIALS = ((0.4, -0.2), (0.2, 0.2), (0.3, -0.4), (-0.6, -0.2), (0.3, 0.0), (0.2, -0.2), (0.3, -0.5),
+           (-0.7, 0.0), (-0.9, -0.2), (0.7, 0.0), (-0.1, 0.1), (-1.9, 0.0), (0.8, -0.4), (-1.3, 0.1),
+           (-0.3, 0.0), (0.2, 0.3), (-1.7, -0.4), (0.6, -0.5), (0.7, -0.2), (0.0, 0.2), (-0.2, -0.2),
+           (-0.3, 0.1), (-1.2, 0.2), (0.6, -0.4), (-1.2, -0.2), (-1.7, -0.2), (0.4, 0.3), (-3.0, 0.0),
+           (0.7, -0.1), (-1.1, 0.3))
 
-#: Stretch factors for dmin (step 2): each puts the 6-bit offset grid at a different phase.
-_DMIN_STRETCH = (1.0, 1.01, 1.02, 1.03)
+#: trials scored together on a leading axis (a (G, 8, 32, n) float32 block; 1.5 MB for a chunk)
+_GROUP = 6
 
-#: Integer moves of (sc, m) tried around the current ones in step 3.
+#: Stretches of d = max(s)/63 and dmin = max(-b)/63 tried by the model of step 2: ``grid`` values
+#: evenly spread over [0, 6%] for each (grid x grid pairs).
+_STRETCH_SPAN = 0.06
+
+#: Integer moves of (sc, m) tried in step 3: the first 5 (stay and unit moves), then all 9.
 _NEIGHBOURS = ((0, 0), (1, 0), (-1, 0), (0, 1), (0, -1), (1, 1), (-1, -1), (1, -1), (-1, 1))
 
 #: Per type: code maximum and where the fields sit in a block (see spec/codecs/q4_k.md, q5_k.md).
+#: ``trials`` (how many of _TRIALS) and ``grid`` set the effort: Q5_K's finer codes leave its error
+#: far below the target with less search, so it spends less (tools/bench_quality.py measures both).
 _LAYOUT = {
-    QType.Q4_K: dict(nmax=15, nbytes=144),
-    QType.Q5_K: dict(nmax=31, nbytes=176),
+    QType.Q4_K: dict(nmax=15, nbytes=144, trials=30, grid=8),
+    QType.Q5_K: dict(nmax=31, nbytes=176, trials=12, grid=6),
 }
 
 
@@ -90,49 +106,53 @@ def _solve_scale_min(sw, sx, sq, sqq, sxq):
     return s, b, err, ok
 
 
-def _fit_subblocks(x: np.ndarray, w: Optional[np.ndarray], nmax: int):
-    """Step 1: float (s, b) per sub-block minimizing sum w (s*q + b - x)^2; x is (8, 32, n)."""
+def _fit_subblocks(x: np.ndarray, w: Optional[np.ndarray], nmax: int, n_trials: int):
+    """Step 1: float (s, b) per sub-block minimizing sum w (s*q + b - x)^2; x is (8, 32, n).
+
+    Returns s, b (8, n) and the sums (Sw, Sq, Sqq) of the winning codes, which give the curvature
+    of the error around (s, b) for step 2. Trials run in groups on a leading axis so that the
+    per-sub-block bookkeeping is one numpy call per group, not per trial.
+    """
     lo = np.minimum(x.min(axis=1), 0)  # the offset can only lower values: grids start at <= 0
     span = x.max(axis=1) - lo
     span = np.where(span > 0, span, _F32(1))
     if w is None:
-        sw, wx = _F32(x.shape[1]), x
+        sw, wx = np.full(lo.shape, x.shape[1], dtype=_F32), x
     else:
         sw, wx = w.sum(axis=1), w * x
     sx = wx.sum(axis=1)
-    best_err = np.full(lo.shape, np.inf, dtype=_F32)
-    best_s = np.zeros_like(lo)
-    best_b = lo.copy()  # a constant sub-block keeps scale 0 and its value as offset
-    q = np.empty_like(x)
+    best = [np.full(lo.shape, np.inf, dtype=_F32), np.zeros_like(lo), lo.copy(), np.zeros_like(lo), np.zeros_like(lo)]
+    # err, s, b (a constant sub-block keeps scale 0 and its value as offset), Sq, Sqq
 
-    def trial(s_b_err_ok):
-        nonlocal best_err, best_s, best_b
-        s, b, err, ok = s_b_err_ok
-        ok &= err < best_err
-        best_err = np.where(ok, err, best_err)
-        best_s = np.where(ok, s, best_s)
-        best_b = np.where(ok, b, best_b)
-
-    def sums():
+    def score(q):
+        """Least-squares (s, b) for each group member's codes q (G, 8, 32, n); keep the best."""
         wq = q if w is None else w * q
-        return sw, sx, wq.sum(axis=1), _dot32(wq, q), _dot32(wx, q)
+        sq, sqq, sxq = wq.sum(axis=2), np.einsum("gijk,gijk->gik", wq, q), np.einsum("gijk,ijk->gik", q, wx)
+        s, b, err, ok = _solve_scale_min(sw, sx, sq, sqq, sxq)
+        err = np.where(ok, err, np.inf)
+        k = np.argmin(err, axis=0)[None]
+        cand = [np.take_along_axis(v, k, axis=0)[0] for v in (err, s, b, sq, sqq)]
+        better = cand[0] < best[0]
+        for i, v in enumerate(cand):
+            best[i] = np.where(better, v, best[i])
 
-    for a, f in _TRIALS:
-        inv = _F32(nmax + a) / span
-        np.multiply(x, inv[:, None], out=q)
-        q += (_F32(f) - lo * inv)[:, None]
-        np.rint(q, out=q)  # x >= lo and f > -0.5, so no code rounds below 0
-        np.minimum(q, nmax, out=q)
-        trial(_solve_scale_min(*sums()))
-    for _ in range(2):  # Lloyd: codes for the best (s, b), then the best (s, b) for those codes
-        inv = np.where(best_s > 0, _F32(1) / np.where(best_s > 0, best_s, 1), _F32(0))
-        np.subtract(x, best_b[:, None], out=q)
-        q *= inv[:, None]
+    trials = np.asarray(_TRIALS[:n_trials], dtype=_F32)
+    for g in range(0, len(trials), _GROUP):
+        a, f = trials[g:g + _GROUP, 0, None, None], trials[g:g + _GROUP, 1, None, None]
+        inv = (nmax + a) / span  # (G, 8, n)
+        q = x * inv[:, :, None]
+        q += (f - lo * inv)[:, :, None]
         np.rint(q, out=q)
-        np.maximum(q, 0, out=q)
-        np.minimum(q, nmax, out=q)
-        trial(_solve_scale_min(*sums()))
-    return best_s, best_b
+        np.clip(q, 0, nmax, out=q)
+        score(q)
+    for _ in range(2):  # Lloyd: codes for the best (s, b), then the best (s, b) for those codes
+        s, b = best[1], best[2]
+        inv = np.where(s > 0, _F32(1) / np.where(s > 0, s, 1), _F32(0))
+        q = (x - b[:, None]) * inv[:, None]
+        np.rint(q, out=q)
+        np.clip(q, 0, nmax, out=q)
+        score(q[None])
+    return best[1], best[2], (sw, best[3], best[4])
 
 
 def _round_codes(x, scale, off, nmax, q):
@@ -141,35 +161,31 @@ def _round_codes(x, scale, off, nmax, q):
     np.add(x, off[:, None], out=q)
     q *= inv[:, None]
     np.rint(q, out=q)
-    np.maximum(q, 0, out=q)  # np.clip is slower than the two bounds applied in place
-    np.minimum(q, nmax, out=q)
+    np.clip(q, 0, nmax, out=q)
     return q
 
 
-def _subblock_error(x, w, scale, off, nmax, q):
-    """Weighted squared error per sub-block (8, n) with the nearest codes (left in q)."""
-    _round_codes(x, scale, off, nmax, q)
-    r = q * scale[:, None]
-    r -= off[:, None]
-    r -= x
-    return _dot32(r if w is None else r * w, r)
+def _neighbour_search(x, w, nmax, d, dmin, sc, m, moves):
+    """Step 3a: per sub-block, the best of (sc, m) and its integer ``moves`` at fixed d, dmin.
 
-
-def _neighbour_search(x, w, nmax, d, dmin, sc, m, q):
-    """Step 3a: per sub-block, the best of (sc, m) and its integer neighbours at fixed d, dmin."""
-    best = best_sc = best_m = None
-    for dsc, dm in _NEIGHBOURS:
-        sc2 = np.clip(sc + dsc, 0, 63)
-        m2 = np.clip(m + dm, 0, 63)
-        err = _subblock_error(x, w, d * sc2, dmin * m2, nmax, q)
-        if best is None:
-            best, best_sc, best_m = err, sc2, m2
-        else:
-            better = err < best
-            best = np.where(better, err, best)
-            best_sc = np.where(better, sc2, best_sc)
-            best_m = np.where(better, m2, best_m)
-    return best_sc, best_m, best
+    All moves are scored at once on a leading axis, each with the nearest codes for its levels
+    ``(d*sc)*q - dmin*m``; ties keep the earlier move (the current (sc, m) comes first).
+    """
+    mv = np.asarray(moves, dtype=_F32)
+    sc2 = np.clip(sc + mv[:, 0, None, None], 0, 63)  # (M, 8, n)
+    m2 = np.clip(m + mv[:, 1, None, None], 0, 63)
+    scale, off = d * sc2, dmin * m2
+    inv = np.where(scale != 0, _F32(1) / np.where(scale != 0, scale, 1), _F32(0))
+    shifted = x + off[:, :, None]  # (M, 8, 32, n)
+    q = shifted * inv[:, :, None]
+    np.rint(q, out=q)
+    np.clip(q, 0, nmax, out=q)
+    q *= scale[:, :, None]
+    q -= shifted  # now the residual scale*q - off - x
+    err = np.einsum("gijk,gijk->gik", q if w is None else q * w, q)
+    k = np.argmin(err, axis=0)[None]
+    pick = [np.take_along_axis(v, k, axis=0)[0] for v in (sc2, m2, err)]
+    return pick[0], pick[1], pick[2]
 
 
 def _refit_d_dmin(x, w, nmax, d, dmin, sc, m, q):
@@ -192,7 +208,49 @@ def _refit_d_dmin(x, w, nmax, d, dmin, sc, m, q):
     return np.where(usable, d_new, d), np.where(usable, dmin_new, dmin)
 
 
-def search_scale_min(x: np.ndarray, nmax: int, weights: Optional[np.ndarray] = None):
+def _model_start(s, mn, curv, grid: int):
+    """Step 2: fp16 d, dmin and 6-bit sc, m per super-block from a quadratic error model.
+
+    For fixed codes, moving a sub-block's (scale, offset) by (ds, db) away from its least-squares
+    optimum adds ``ds^2 Sqq + 2 ds db Sq + db^2 Sw``. Candidate d and dmin are slight stretches of
+    max/63 (each puts the 6-bit grid at another phase against the sub-blocks' ideal values); for every
+    pair, each sub-block takes the floor or the ceiling of s/d for sc and, given the scale error ds
+    that leaves, the m nearest the offset that absorbs it best (the cost is a parabola in the offset);
+    the pair with the least summed increase wins. Candidate pairs run on one leading axis, so the
+    arrays are (grid^2, 8, n): cheap next to work on the 256 values.
+    """
+    f = _F32
+    n = s.shape[1]
+    sw, sq, sqq = curv
+    stretch = 1 + np.linspace(0, _STRETCH_SPAN, grid, dtype=f)[:, None]
+    d1 = _f16(s.max(axis=0) / f(63) * stretch)[:, None, :]  # (grid, 1, n)
+    m1 = _f16(mn.max(axis=0) / f(63) * stretch)[:, None, :]
+    dmin = np.tile(m1, (grid, 1, 1))  # pair k = (d1[k // grid], m1[k % grid])
+    inv_m = np.where(dmin > 0, 1 / np.where(dmin > 0, dmin, 1), 0)
+    absorb = np.where(sw > 0, sq / np.where(sw > 0, sw, 1), 0)
+    floor_sc = np.floor(s * np.where(d1 > 0, 1 / np.where(d1 > 0, d1, 1), 0))
+    options = []
+    for dsc in (0, 1):
+        sc = np.clip(floor_sc + dsc, 0, 63)  # (grid, 8, n): depends on d only
+        ds = d1 * sc - s
+        ds_sqq, ds_sq, target = ds * ds * sqq, 2 * ds * sq, mn + ds * absorb
+        rep = [np.repeat(v, grid, axis=0) for v in (ds_sqq, ds_sq, target)]  # onto the pair axis
+        m = np.rint(rep[2] * inv_m)
+        np.clip(m, 0, 63, out=m)
+        db = mn - dmin * m  # stored offset is -dmin*m, the fit's is -mn
+        options.append((rep[0] + db * (rep[1] + db * sw), sc, m))
+    (cost0, sc0, m0), (cost1, sc1, m1_) = options
+    ceil_wins = cost1 < cost0
+    pick = np.argmin(np.where(ceil_wins, cost1, cost0).sum(axis=1), axis=0)  # (n,)
+    cols = np.arange(n)
+    ceil_wins = ceil_wins[pick, :, cols].T  # (8, n)
+    sc = np.where(ceil_wins, sc1[pick // grid, :, cols].T, sc0[pick // grid, :, cols].T)
+    m = np.where(ceil_wins, m1_[pick, :, cols].T, m0[pick, :, cols].T)
+    return d1[pick // grid, 0, cols], dmin[pick, 0, cols], sc.astype(f), m.astype(f)
+
+
+def search_scale_min(x: np.ndarray, nmax: int, weights: Optional[np.ndarray] = None, *,
+                     trials: int = len(_TRIALS), grid: int = 8):
     """Steps 1-3 on super-blocks ``x`` float32 ``(n, 256)``.
 
     Returns ``(d, dmin, sc, m, codes, err)``: ``d``/``dmin`` float32 ``(n,)`` holding fp16 values,
@@ -203,26 +261,17 @@ def search_scale_min(x: np.ndarray, nmax: int, weights: Optional[np.ndarray] = N
     xt = np.ascontiguousarray(x.T, dtype=_F32).reshape(8, 32, n)
     wt = None if weights is None else np.ascontiguousarray(weights.T, dtype=_F32).reshape(8, 32, n)
     with np.errstate(all="ignore"):  # degenerate sub-blocks are masked out, not reported
-        s, b = _fit_subblocks(xt, wt, nmax)
+        s, b, curv = _fit_subblocks(xt, wt, nmax, trials)
         mn = -b
         q = np.empty_like(xt)
-        best = None
-        for stretch in _DMIN_STRETCH:
-            d = _f16(s.max(axis=0) / _F32(63))
-            dmin = _f16(mn.max(axis=0) / _F32(63) * _F32(stretch))
-            sc = np.clip(np.rint(np.where(d > 0, s / np.where(d > 0, d, 1), 0)), 0, 63).astype(_F32)
-            m = np.clip(np.rint(np.where(dmin > 0, mn / np.where(dmin > 0, dmin, 1), 0)), 0, 63).astype(_F32)
-            for step in range(2):
-                if step:
-                    d, dmin = _refit_d_dmin(xt, wt, nmax, d, dmin, sc, m, q)
-                sc, m, err = _neighbour_search(xt, wt, nmax, d, dmin, sc, m, q)
-                total = err.sum(axis=0)
-                cand = (d, dmin, sc, m, total)
-                if best is None:
-                    best = cand
-                else:
-                    better = total < best[4]
-                    best = tuple(np.where(better, c, bc) for c, bc in zip(cand, best))
+        d, dmin, sc, m = _model_start(s, mn, curv, grid)
+        sc, m, err = _neighbour_search(xt, wt, nmax, d, dmin, sc, m, _NEIGHBOURS[:5])
+        best = (d, dmin, sc, m, err.sum(axis=0))
+        d, dmin = _refit_d_dmin(xt, wt, nmax, d, dmin, sc, m, q)
+        sc, m, err = _neighbour_search(xt, wt, nmax, d, dmin, sc, m, _NEIGHBOURS)
+        total = err.sum(axis=0)
+        better = total < best[4]  # the refit can lose after fp16 rounding: keep the better per super-block
+        best = tuple(np.where(better, c, bc) for c, bc in zip((d, dmin, sc, m, total), best))
         d, dmin, sc, m, total = best
         _round_codes(xt, d * sc, dmin * m, nmax, q)
         q = np.nan_to_num(q)
@@ -264,7 +313,8 @@ def encode_best(qtype: QType, x: np.ndarray, weights: Optional[np.ndarray] = Non
     qtype = QType(qtype)
     codec = REGISTRY[qtype]
     ggml_blocks = codec.encode(x, mode="ggml", weights=weights)
-    d, dmin, sc, m, codes, _ = search_scale_min(x, _LAYOUT[qtype]["nmax"], weights)
+    lay = _LAYOUT[qtype]
+    d, dmin, sc, m, codes, _ = search_scale_min(x, lay["nmax"], weights, trials=lay["trials"], grid=lay["grid"])
     ours = pack_blocks(qtype, d, dmin, sc, m, codes)
     better = block_errors(x, codec.decode(ours), weights) < block_errors(x, codec.decode(ggml_blocks), weights)
     return np.where(better[:, None], ours, ggml_blocks)
