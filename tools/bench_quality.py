@@ -155,17 +155,20 @@ def section(table: str, speeds: str, types) -> str:
 Q4_K/Q5_K blocks -- ggml's own decoder reads them unchanged, bit for bit as qformat decodes them --
 chosen to lower the squared error (weighted by the importance matrix when one is given). ggml's own
 block for each super-block is always a candidate and is kept unless the search's is strictly better,
-so no super-block ever gets worse. How: a float scale/min per 32-value sub-block fitted to the true
-objective (ggml's search weights the error by `mean|x| + |x|` and anchors every trial grid at the
-minimum), then the 6-bit scales and mins searched around their rounded values with fresh codes,
-a joint least-squares refit of the fp16 `d`/`dmin`, and a few `dmin` phases
-(see `qformat/search/best.py`).
+so no super-block ever gets worse. How (`qformat/search/best.py`): a float scale/min per 32-value
+sub-block fitted to the true objective (ggml's search weights the error by `mean|x| + |x|` and
+anchors every trial grid at the minimum; here a greedy set of 2-D trial grids plus Lloyd steps);
+then a quadratic model of the error picks, among 8 x 8 small stretches of `d` and `dmin`, the pair
+whose 6-bit grids land best on the sub-blocks' ideal scales and offsets; then an exact search of
+each sub-block's 6-bit scale/min and their neighbours with fresh codes, around a joint
+least-squares refit of the fp16 `d`/`dmin`.
 
 Relative error `MSE / mean(x^2)` (columns `ggml`, `best`) and importance-weighted relative error
 `sum(w (x-y)^2) / sum(w x^2)` (columns `+imat`), against ggml's C encoder in the same run
 (`ggml` = `quantize_row_<t>_ref`, what llama-quantize does without an imatrix; `ggml+imat` =
-ggml's imatrix path). `oracle` (Q4_K, on a random 256k-value sample): every sub-block keeps an unquantized float scale and
-min with the best codes a dense search finds -- about the floor for this block structure.
+ggml's imatrix path). `oracle` (Q4_K, on a random 256k-value sample): every sub-block keeps an
+unquantized float scale and min with the best codes a dense search finds -- about the floor for
+this block structure.
 
 {table}
 
