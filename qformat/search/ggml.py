@@ -86,18 +86,22 @@ def _codes_into(out: np.ndarray, x: np.ndarray, cmin: np.ndarray, iscale: np.nda
     ``vmin`` and ``vmax``; only when a column's bound reaches 2^22 (or is inf/NaN) does the C bit
     trick, whose result is then not the rounded value, have to be emulated.
     """
-    lo = iscale * (vmin - cmin)
-    hi = iscale * (vmax - cmin)
-    bound = np.maximum(np.abs(lo), np.abs(hi))
+    at_vmin = iscale * (vmin - cmin)
+    at_vmax = iscale * (vmax - cmin)
+    low = np.minimum(at_vmin, at_vmax)
+    high = np.maximum(at_vmin, at_vmax)
     np.subtract(x, cmin, out=out)
     out *= iscale
-    if (bound < _FLOAT_ROUND_LIMIT).all():
+    if (np.maximum(-low, high) < _FLOAT_ROUND_LIMIT).all():
         out += _ROUND_MAGIC
         out -= _ROUND_MAGIC
         # finite here, and never -0.0 (x + M - M rounds to +0), so max/min equal C's MAX/MIN;
-        # np.clip would give the same values but is several times slower on float32
-        np.maximum(out, f32(0), out=out)
-        np.minimum(out, f32(nmax), out=out)
+        # np.clip would give the same values but is several times slower on float32. Each clamp
+        # is skipped when no column can reach it: -0.5 rounds to 0, nmax + 0.5 (nmax odd) to nmax + 1
+        if not (low >= f32(-0.5)).all():
+            np.maximum(out, f32(0), out=out)
+        if not (high < f32(nmax) + f32(0.5)).all():
+            np.minimum(out, f32(nmax), out=out)
     else:
         out[...] = _clamp_codes(out, nmax)
 
