@@ -11,10 +11,12 @@ from hypothesis import strategies as st
 import qformat
 from qformat.codecs.bits import read_fp16
 from qformat.search import best
+from qformat.types import BLOCK, QType
 
 from .conftest import shared_file
 
-QTS = ["Q4_K", "Q5_K"]
+QTS = ["Q4_K", "Q5_K", "Q4_1", "Q5_1"]
+K_QTS = ["Q4_K", "Q5_K"]
 KINDS = ["normal", "laplace", "t3", "uniform", "positive", "negative", "outlier", "const_sub", "zeros",
          "sparse", "mixed_scales"]
 
@@ -47,11 +49,11 @@ def _sample(kind: str, rng: np.random.Generator, n: int, scale: float) -> np.nda
     return (x * scale).astype(np.float32)
 
 
-def _sq_err(x: np.ndarray, y: np.ndarray, w=None) -> np.ndarray:
-    """(Weighted) squared error per super-block of 256, float64."""
-    r = (y.astype(np.float64) - x.astype(np.float64)).reshape(-1, 256)
+def _sq_err(x: np.ndarray, y: np.ndarray, w=None, block: int = 256) -> np.ndarray:
+    """(Weighted) squared error per block of ``block`` values, float64."""
+    r = (y.astype(np.float64) - x.astype(np.float64)).reshape(-1, block)
     if w is not None:
-        r = r * np.sqrt(np.broadcast_to(w.astype(np.float64), x.shape).reshape(-1, 256))
+        r = r * np.sqrt(np.broadcast_to(w.astype(np.float64), x.shape).reshape(-1, block))
     return (r * r).sum(axis=1)
 
 
@@ -75,10 +77,11 @@ def test_best_decodes_identically_in_ggml_and_never_loses_to_ggml(ggml_ref, qt, 
     in_ggml = ggml_ref.dequantize(b, qt)
     np.testing.assert_array_equal(ours.view(np.uint32), in_ggml.view(np.uint32))
     ref = ggml_ref.quantize(x, qt)  # ggml's own encoding (quantize_row_<t>_ref)
-    e_best, e_ggml = _sq_err(x, in_ggml), _sq_err(x, ggml_ref.dequantize(ref, qt))
+    elems, nbytes = BLOCK[QType[qt]]
+    e_best, e_ggml = _sq_err(x, in_ggml, block=elems), _sq_err(x, ggml_ref.dequantize(ref, qt), block=elems)
     assert (e_best <= e_ggml).all(), np.flatnonzero(e_best > e_ggml)
-    d = read_fp16(b.reshape(-1, b.shape[-1] // nblocks), 0)
-    assert np.isfinite(d).all() or not np.isfinite(read_fp16(ref.reshape(d.size, -1), 0)).all()
+    d = read_fp16(b.reshape(-1, nbytes), 0)
+    assert np.isfinite(d).all() or not np.isfinite(read_fp16(ref.reshape(-1, nbytes), 0)).all()
 
 
 @settings(max_examples=40, deadline=None)
@@ -95,7 +98,8 @@ def test_weighted_best_never_loses_to_ggml_weighted_path(ggml_ref, qt, kind, nbl
     y = ggml_ref.dequantize(b, qt)
     np.testing.assert_array_equal(qformat.dequantize(b, qt).view(np.uint32), y.view(np.uint32))
     ref = ggml_ref.quantize(x, qt, imatrix=w)  # ggml's weighted path (quantize_row_<t>_impl)
-    assert (_sq_err(x, y, w) <= _sq_err(x, ggml_ref.dequantize(ref, qt), w)).all()
+    elems = BLOCK[QType[qt]].elems
+    assert (_sq_err(x, y, w, elems) <= _sq_err(x, ggml_ref.dequantize(ref, qt), w, elems)).all()
 
 
 @pytest.mark.parametrize("qt", QTS)
@@ -120,7 +124,8 @@ def test_real_weights_best_per_superblock(ggml_ref, qt):
     b = qformat.quantize(x, qt, mode="best")
     y = ggml_ref.dequantize(b, qt)
     np.testing.assert_array_equal(qformat.dequantize(b, qt).view(np.uint32), y.view(np.uint32))
-    e_best, e_ggml = _sq_err(x, y), _sq_err(x, ggml_ref.dequantize(ggml_ref.quantize(x, qt), qt))
+    elems = BLOCK[QType[qt]].elems
+    e_best, e_ggml = _sq_err(x, y, block=elems), _sq_err(x, ggml_ref.dequantize(ggml_ref.quantize(x, qt), qt), block=elems)
     assert (e_best <= e_ggml).all()
     assert e_best.sum() < e_ggml.sum()
 
@@ -134,7 +139,8 @@ def test_best_never_loses_to_ggml_mode(qt, kind):
     b = _quiet_quantize(x, qt, mode="best")
     g = qformat.quantize(x, qt)
     assert b.shape == g.shape and b.dtype == np.uint8
-    e_best, e_ggml = _sq_err(x, qformat.dequantize(b, qt)), _sq_err(x, qformat.dequantize(g, qt))
+    elems = BLOCK[QType[qt]].elems
+    e_best, e_ggml = _sq_err(x, qformat.dequantize(b, qt), block=elems), _sq_err(x, qformat.dequantize(g, qt), block=elems)
     assert (e_best <= e_ggml).all()
     # the search result replaces ggml's block only where it is strictly better: ties keep ggml's bytes
     same = e_best == e_ggml
@@ -148,12 +154,13 @@ def test_extreme_magnitudes_give_valid_blocks_without_warnings(qt, scale):
     x = np.clip(x, -3e38, 3e38).astype(np.float32).reshape(1, -1)
     b = _quiet_quantize(x, qt, mode="best")
     with np.errstate(all="ignore"):
-        e_best = _sq_err(x, qformat.dequantize(b, qt))
-        e_ggml = _sq_err(x, qformat.dequantize(qformat.quantize(x, qt), qt))
+        elems = BLOCK[QType[qt]].elems
+        e_best = _sq_err(x, qformat.dequantize(b, qt), block=elems)
+        e_ggml = _sq_err(x, qformat.dequantize(qformat.quantize(x, qt), qt), block=elems)
     assert (np.nan_to_num(e_best, nan=np.inf) <= np.nan_to_num(e_ggml, nan=np.inf)).all()
 
 
-@pytest.mark.parametrize("nmax, qt", [(15, "Q4_K"), (31, "Q5_K")])
+@pytest.mark.parametrize("nmax, qt", [(15, "Q4_K"), (31, "Q5_K")])  # the k-quant search's own fields
 def test_search_fields_stay_in_range_and_pack_losslessly(nmax, qt):
     x = _sample("t3", np.random.default_rng(3), 32 * 256, 1.0).reshape(32, 256)
     d, dmin, sc, m, codes, _ = best.search_scale_min(x, nmax)
@@ -167,6 +174,19 @@ def test_search_fields_stay_in_range_and_pack_losslessly(nmax, qt):
     np.testing.assert_array_equal(y, expect.astype(np.float32))
 
 
+@pytest.mark.parametrize("qt", ["Q5_1", "Q4_1"])
+def test_affine_search_fields_pack_losslessly(qt):
+    x = _sample("laplace", np.random.default_rng(4), 64 * 32, 1.0).reshape(64, 32)
+    d, m, codes = best.search_affine(x, 31 if qt == "Q5_1" else 15)
+    assert codes.max() <= (31 if qt == "Q5_1" else 15)
+    assert (d.astype(np.float16).astype(np.float32) == d).all() and (m.astype(np.float16).astype(np.float32) == m).all()
+    g = qformat.quantize(x, qt)
+    y = qformat.dequantize(best.encode_best_affine(QType[qt], x, None, g), qt)
+    assert ((y - x) ** 2).sum() < ((qformat.dequantize(g, qt) - x) ** 2).sum()
+
+
 def test_unknown_mode_is_rejected():
     with pytest.raises(qformat.CodecError, match="mode"):
         qformat.quantize(np.zeros(256, np.float32), "Q4_K", mode="bestest")
+    with pytest.raises(qformat.CodecError, match="mode"):
+        qformat.quantize(np.zeros(256, np.float32), "Q4_0", mode="best")  # no search for Q4_0 (yet)

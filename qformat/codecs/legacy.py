@@ -389,6 +389,9 @@ def _encode_weighted(kind: str):
 
     def encode(x, *, mode="ggml", weights=None, row_blocks=None):
         x = np.ascontiguousarray(x, dtype=np.float32)
+        if mode == "best":  # Q4_1/Q5_1: lower-error search, ggml's block kept where better (qformat.search.best)
+            from ..search.best import encode_best_affine
+            return encode_best_affine(QType[kind.upper()], x, weights, encode(x, weights=weights, row_blocks=row_blocks))
         if weights is None:
             return ref(x)
         if row_blocks is None or x.shape[0] % row_blocks:
@@ -420,9 +423,11 @@ def _reference_only(ref):
 
 _WEIGHTED = dict(weighted=True, row_stats=True)
 register(Codec(QType.Q4_0, _decode_q4_0, _encode_weighted("q4_0"), **_WEIGHTED, doc="4-bit, scale from signed max"))
-register(Codec(QType.Q4_1, _decode_q4_1, _encode_weighted("q4_1"), **_WEIGHTED, doc="4-bit, scale and min"))
+register(Codec(QType.Q4_1, _decode_q4_1, _encode_weighted("q4_1"), **_WEIGHTED, modes=("ggml", "best"),
+               doc="4-bit, scale and min"))
 register(Codec(QType.Q5_0, _decode_q5_0, _encode_weighted("q5_0"), **_WEIGHTED, doc="5-bit, scale from signed max"))
-register(Codec(QType.Q5_1, _decode_q5_1, _encode_weighted("q5_1"), **_WEIGHTED, doc="5-bit, scale and min"))
+register(Codec(QType.Q5_1, _decode_q5_1, _encode_weighted("q5_1"), **_WEIGHTED, modes=("ggml", "best"),
+               doc="5-bit, scale and min"))
 register(Codec(QType.Q8_0, _decode_q8_0, _reference_only(_encode_q8_0), doc="8-bit, absmax scale"))
 register(Codec(QType.Q8_1, None, _reference_only(_encode_q8_1), doc="8-bit activations; encode only"))
 register(Codec(QType.Q1_0, _decode_q1_0, _reference_only(_encode_q1_0), doc="1-bit signs, mean |x| scale"))

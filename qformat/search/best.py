@@ -1,4 +1,6 @@
-"""Encode mode ``"best"``: lower squared error than ggml's encoder at the same bytes (Q4_K, Q5_K).
+"""Encode mode ``"best"``: lower squared error than ggml's encoder at the same bytes.
+
+Types: Q4_K, Q5_K (below) and Q4_1, Q5_1 (see the banner at the end of this module).
 
 A Q4_K / Q5_K super-block holds 256 values in 8 sub-blocks of 32. Sub-block ``j`` decodes as
 ``(d * sc[j]) * q - (dmin * m[j])``: ``d``, ``dmin`` are fp16, ``sc``, ``m`` are 6-bit integers
@@ -93,27 +95,31 @@ def _dot32(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.einsum("ijk,ijk->ik", a, b)
 
 
-def _solve_scale_min(sw, sx, sq, sqq, sxq):
-    """Weighted least squares for ``x ~= s*q + b`` with ``b <= 0``; returns s, b, error - sum(w x^2), ok."""
+def _solve_scale_min(sw, sx, sq, sqq, sxq, offset_le_0: bool = True):
+    """Weighted least squares for ``x ~= s*q + b`` (with ``b <= 0`` if ``offset_le_0``);
+    returns s, b, error - sum(w x^2), ok."""
     det = sw * sqq - sq * sq
     s = (sw * sxq - sx * sq) / det
     b = (sqq * sx - sq * sxq) / det
-    positive = b > 0  # an offset above zero cannot be stored as -dmin*m: refit the scale alone
-    s = np.where(positive, sxq / sqq, s)
-    b = np.where(positive, _F32(0), b)
+    if offset_le_0:
+        positive = b > 0  # an offset above zero cannot be stored as -dmin*m: refit the scale alone
+        s = np.where(positive, sxq / sqq, s)
+        b = np.where(positive, _F32(0), b)
     err = s * (s * sqq - 2 * sxq) + b * (b * sw - 2 * sx) + 2 * s * b * sq
     ok = (det > 0) & (s > 0) & np.isfinite(err)
     return s, b, err, ok
 
 
-def _fit_subblocks(x: np.ndarray, w: Optional[np.ndarray], nmax: int, n_trials: int):
+def _fit_subblocks(x: np.ndarray, w: Optional[np.ndarray], nmax: int, n_trials: int, offset_le_0: bool = True):
     """Step 1: float (s, b) per sub-block minimizing sum w (s*q + b - x)^2; x is (8, 32, n).
 
     Returns s, b (8, n) and the sums (Sw, Sq, Sqq) of the winning codes, which give the curvature
     of the error around (s, b) for step 2. Trials run in groups on a leading axis so that the
     per-sub-block bookkeeping is one numpy call per group, not per trial.
     """
-    lo = np.minimum(x.min(axis=1), 0)  # the offset can only lower values: grids start at <= 0
+    lo = x.min(axis=1)
+    if offset_le_0:
+        lo = np.minimum(lo, 0)  # the offset can only lower values: grids start at <= 0
     span = x.max(axis=1) - lo
     span = np.where(span > 0, span, _F32(1))
     if w is None:
@@ -128,7 +134,7 @@ def _fit_subblocks(x: np.ndarray, w: Optional[np.ndarray], nmax: int, n_trials: 
         """Least-squares (s, b) for each group member's codes q (G, 8, 32, n); keep the best."""
         wq = q if w is None else w * q
         sq, sqq, sxq = wq.sum(axis=2), np.einsum("gijk,gijk->gik", wq, q), np.einsum("gijk,ijk->gik", q, wx)
-        s, b, err, ok = _solve_scale_min(sw, sx, sq, sqq, sxq)
+        s, b, err, ok = _solve_scale_min(sw, sx, sq, sqq, sxq, offset_le_0)
         err = np.where(ok, err, np.inf)
         k = np.argmin(err, axis=0)[None]
         cand = [np.take_along_axis(v, k, axis=0)[0] for v in (err, s, b, sq, sqq)]
@@ -174,18 +180,23 @@ def _neighbour_search(x, w, nmax, d, dmin, sc, m, moves):
     mv = np.asarray(moves, dtype=_F32)
     sc2 = np.clip(sc + mv[:, 0, None, None], 0, 63)  # (M, 8, n)
     m2 = np.clip(m + mv[:, 1, None, None], 0, 63)
-    scale, off = d * sc2, dmin * m2
+    k, err = _best_levels(x, w, nmax, d * sc2, dmin * m2)
+    pick = [np.take_along_axis(v, k, axis=0)[0] for v in (sc2, m2, err)]
+    return pick[0], pick[1], pick[2]
+
+
+def _best_levels(x, w, nmax, scale, off):
+    """Score candidate level sets ``scale*q - off`` (each (M, G, n)) on groups x (G, 32, n) with the
+    nearest codes; returns the index (1, G, n) of the best candidate per group and all errors."""
     inv = np.where(scale != 0, _F32(1) / np.where(scale != 0, scale, 1), _F32(0))
-    shifted = x + off[:, :, None]  # (M, 8, 32, n)
+    shifted = x + off[:, :, None]  # (M, G, 32, n)
     q = shifted * inv[:, :, None]
     np.rint(q, out=q)
     np.clip(q, 0, nmax, out=q)
     q *= scale[:, :, None]
     q -= shifted  # now the residual scale*q - off - x
     err = np.einsum("gijk,gijk->gik", q if w is None else q * w, q)
-    k = np.argmin(err, axis=0)[None]
-    pick = [np.take_along_axis(v, k, axis=0)[0] for v in (sc2, m2, err)]
-    return pick[0], pick[1], pick[2]
+    return np.argmin(err, axis=0)[None], err
 
 
 def _refit_d_dmin(x, w, nmax, d, dmin, sc, m, q):
@@ -318,3 +329,50 @@ def encode_best(qtype: QType, x: np.ndarray, weights: Optional[np.ndarray] = Non
     ours = pack_blocks(qtype, d, dmin, sc, m, codes)
     better = block_errors(x, codec.decode(ours), weights) < block_errors(x, codec.decode(ggml_blocks), weights)
     return np.where(better[:, None], ours, ggml_blocks)
+
+
+# ==== Q4_1 / Q5_1: one fp16 scale and one fp16 minimum per block of 32 =============================
+#
+# ``x = d * q + m`` with fp16 ``d``, ``m`` (any sign) and 4-/5-bit codes. ggml's reference takes
+# ``d = (max - min) / nmax`` and ``m = min`` with no search at all; its imatrix path searches with
+# ``make_qkx3_quants``. Here: step 1's fit (the offset may be positive), both rounded to fp16, then
+# every combination of d and m moved by -1, 0, +1 fp16 steps is scored with fresh codes.
+
+_AFFINE = {QType.Q4_1: 15, QType.Q5_1: 31}
+
+
+def search_affine(x: np.ndarray, nmax: int, weights: Optional[np.ndarray] = None):
+    """(d, m) float32 holding fp16 values ``(n,)`` and codes uint8 ``(n, 32)`` for blocks ``x`` (n, 32)."""
+    n = x.shape[0]
+    xt = np.ascontiguousarray(x.T, dtype=_F32).reshape(1, 32, n)
+    wt = None if weights is None else np.ascontiguousarray(weights.T, dtype=_F32).reshape(1, 32, n)
+    with np.errstate(all="ignore"):
+        s, b, _ = _fit_subblocks(xt, wt, nmax, len(_TRIALS), offset_le_0=False)
+        d16, m16 = s.astype(np.float16), b.astype(np.float16)
+        steps = [d16, np.nextafter(d16, np.float16(np.inf)), np.nextafter(d16, np.float16(-np.inf))]
+        msteps = [m16, np.nextafter(m16, np.float16(np.inf)), np.nextafter(m16, np.float16(-np.inf))]
+        scale = np.stack([dd for dd in steps for _ in msteps]).astype(_F32)  # (9, 1, n)
+        off = -np.stack([mm for _ in steps for mm in msteps]).astype(_F32)
+        k, _ = _best_levels(xt, wt, nmax, scale, off)
+        d = np.take_along_axis(scale, k, axis=0)[0]
+        mneg = np.take_along_axis(off, k, axis=0)[0]
+        q = np.empty_like(xt)
+        _round_codes(xt, d, mneg, nmax, q)
+        q = np.nan_to_num(q)
+    return d[0], -mneg[0], q[0].T.astype(np.uint8)
+
+
+def encode_best_affine(qtype: QType, x: np.ndarray, weights: Optional[np.ndarray],
+                       ggml_blocks: np.ndarray) -> np.ndarray:
+    """Mode ``"best"`` for Q4_1 / Q5_1 given ggml's own blocks for ``x`` (n, 32) (the caller encodes
+    them, with the importance weights if any): the search's block where it decodes strictly better."""
+    from ..codecs import REGISTRY
+    from ..codecs.legacy import _store  # the one Q4_1/Q5_1 block packer
+
+    qtype = QType(qtype)
+    d, m, codes = search_affine(x, _AFFINE[qtype], weights)
+    ours = _store(d, m, np.ascontiguousarray(codes.T), five_bit=qtype == QType.Q5_1)
+    decode = REGISTRY[qtype].decode
+    better = block_errors(x, decode(ours), weights) < block_errors(x, decode(ggml_blocks), weights)
+    return np.where(better[:, None], ours, ggml_blocks)
+
