@@ -4,13 +4,13 @@
 file, choosing each tensor's type with :mod:`qformat.mixes`, and records every encoded tensor's
 round-trip statistics in the output's metadata (layout: :mod:`qformat.stats`). Rules:
 
-* One tensor at a time: load it, encode it once, decode those bytes for the statistics, hand the
-  bytes to the streaming :class:`qformat.Writer`, drop everything. Peak memory is a few times the
-  largest tensor and does not grow with the number of tensors.
-* The output appears atomically: the Writer assembles the file under a temporary name beside the
-  target; the statistics (known only after the data) are then written into the fixed-size
-  placeholder values reserved for them in the header, and the finished file is renamed onto the
-  target. On any error nothing is left at the target and no temporary file remains.
+* One tensor at a time: load it and hand ``(values, type)`` to the streaming
+  :class:`qformat.Writer`, which encodes it once, writes the bytes, decodes them for the statistics
+  and records those (rules: :mod:`qformat.container.writer`); then drop it. Peak memory is a few
+  times the largest tensor and does not grow with the number of tensors.
+* The output appears atomically: the Writer assembles the file (header with the statistics, then
+  the data) under a temporary name beside the target and renames it into place. On any error
+  nothing is left at the target and no temporary file remains.
 * The output MUST NOT be the source (compared with ``os.path.samefile`` and resolved paths), MUST
   end in ``.gguf``, and an existing output is replaced only with ``force=True``.
 * Keys written: ``general.quantization_version`` = 2, ``general.file_type`` (llama.cpp's ftype for
@@ -26,19 +26,18 @@ from __future__ import annotations
 
 import math
 import os
-import re
 import zipfile
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
-from .codecs import can_decode, dequantize, get_codec, quantize
+from .codecs import can_decode, get_codec
 from .errors import OutputConflict, QFormatError, SourceError, UnsupportedSource
 from .mixes import QUANTIZATION_VERSION, Choice, Planner, Target, parse_rule
-from .sources import Source, atomic_path, atomic_write, open_source, write_safetensors
-from .stats import FIELDS, FIELDS_KEY, NAMESPACE, RoundTripStats, roundtrip_stats, stats_key
-from .types import BLOCK, QType
+from .sources import Source, atomic_write, open_source, write_safetensors
+from .stats import NAMESPACE, RoundTripStats
+from .types import QType, row_nbytes
 
 PathLike = Union[str, os.PathLike]
 
@@ -106,12 +105,7 @@ def _kind(src: Source, name: str) -> str:
     return "float"
 
 
-def _placeholder() -> np.ndarray:
-    # a fixed-size value reserved in the header; overwritten in place once the tensor is encoded
-    return np.full(len(FIELDS), np.nan, dtype=np.float64)
-
-
-def _output_metadata(src: Source, target: Target, keep: bool, encoded: Iterable[str]) -> dict[str, Any]:
+def _output_metadata(src: Source, target: Target, keep: bool) -> dict[str, Any]:
     meta: dict[str, Any] = {}
     if keep:
         for key, tv in src.gguf.typed_metadata().items():
@@ -123,30 +117,7 @@ def _output_metadata(src: Source, target: Target, keep: bool, encoded: Iterable[
         meta["general.file_type"] = np.uint32(target.ftype)
     elif "general.file_type" in meta:
         del meta["general.file_type"]  # the source's no longer describes the output
-    meta[FIELDS_KEY] = list(FIELDS)
-    for name in encoded:
-        meta[stats_key(name)] = _placeholder()
     return meta
-
-
-def _patch_stats(path: str, stats: Mapping[str, RoundTripStats]) -> None:
-    """Write the recorded statistics into their reserved placeholder values, then read them back."""
-    from .container import open as open_gguf
-
-    width = len(FIELDS) * 8
-    with open_gguf(path) as f:
-        spots = {name: f.field(stats_key(name)) for name in stats}
-    with open(path, "r+b") as fh:
-        for name, st in stats.items():
-            fld = spots[name]
-            fh.seek(fld.offset + fld.nbytes - width)  # the array's elements end the key/value pair
-            fh.write(st.as_record().astype("<f8").tobytes())
-    with open_gguf(path) as f:
-        for name, st in stats.items():
-            got = np.asarray(f.metadata[stats_key(name)])
-            want = st.as_record()
-            if not np.array_equal(got, want, equal_nan=True):
-                raise QFormatError(f"recording statistics for {name!r} failed (read back {got})", path=path)
 
 
 def encode_file(src: PathLike, out: PathLike, target: Union[str, Target] = "Q4_K", *,
@@ -176,69 +147,40 @@ def encode_file(src: PathLike, out: PathLike, target: Union[str, Target] = "Q4_K
                                   path=src)
         plan = Planner(tgt, listing, parsed_rules)
         choices: list[Choice] = plan.choose_all(listing)
-        encoded_names = [c.name for c in choices if not c.copy]
-        meta = _output_metadata(source, tgt, keep_metadata, encoded_names)
+        meta = _output_metadata(source, tgt, keep_metadata)
         result = EncodeResult(out, src, tgt)
-        stats: dict[str, RoundTripStats] = {}
-        with atomic_path(out) as tmp:
-            with Writer(tmp, meta) as w:
-                for choice in choices:
-                    t = source.tensors[choice.name]
-                    if choice.copy:
-                        if t.qtype is not None:
-                            raw = t.raw()
-                            w.add_raw(choice.name, raw, t.qtype, t.shape)
-                            qt, nbytes = t.qtype, raw.size
-                        else:
-                            arr = t.load()
-                            w.add_tensor(choice.name, arr)
-                            _release_written(w)
-                            qt, nbytes = _INT_DTYPES[t.dtype], arr.nbytes
-                            del arr
-                        result.tensors.append(EncodedTensor(choice.name, t.shape, t.dtype, qt, None, [], nbytes,
-                                                            None, copied=True))
+        with Writer(out, meta) as w:
+            for choice in choices:
+                t = source.tensors[choice.name]
+                if choice.copy:
+                    if t.qtype is not None:
+                        raw = t.raw()
+                        w.add_raw(choice.name, raw, t.qtype, t.shape)
+                        qt, nbytes = t.qtype, raw.size
                     else:
-                        x = t.load()
-                        st, nbytes = _encode_one(w, choice, x, imatrix)
-                        del x
-                        stats[choice.name] = st
-                        result.tensors.append(EncodedTensor(choice.name, t.shape, t.dtype, choice.qtype,
-                                                            choice.wanted, choice.fallbacks, nbytes, st))
-                    if progress is not None:
-                        progress(choice.name, result.tensors[-1].nbytes)
-            _patch_stats(tmp, stats)
+                        arr = t.load()
+                        w.add_tensor(choice.name, arr)
+                        qt, nbytes = _INT_DTYPES[t.dtype], arr.nbytes
+                        del arr
+                    result.tensors.append(EncodedTensor(choice.name, t.shape, t.dtype, qt, None, [], nbytes,
+                                                        None, copied=True))
+                else:
+                    x = t.load()
+                    st = w.add_tensor(choice.name, (x, choice.qtype), imatrix=_importance(imatrix, choice))
+                    del x
+                    nbytes = math.prod(t.shape[:-1]) * row_nbytes(choice.qtype, t.shape[-1])
+                    result.tensors.append(EncodedTensor(choice.name, t.shape, t.dtype, choice.qtype,
+                                                        choice.wanted, choice.fallbacks, nbytes, st))
+                if progress is not None:
+                    progress(choice.name, result.tensors[-1].nbytes)
     return result
 
 
-def _release_written(w) -> None:
-    """Drop the Writer's reference to the bytes of the tensor it has just written.
-
-    ``qformat.Writer`` keeps one pending record per tensor until ``close()`` (it needs names, shapes
-    and offsets for the header), and that record's producer still references the data handed to
-    ``add_raw``/``add_tensor``: without this, all encoded bytes would stay in memory until the end
-    (measured: +1 MiB per 4 MiB tensor at Q8_0). The data is already in the Writer's temporary
-    file, so the reference is dead weight. Harmless if the Writer stops keeping it.
-    """
-    infos = getattr(w, "_infos", None)
-    if infos:
-        pending = infos[-1][0]
-        if getattr(pending, "produce", None) is not None:
-            pending.produce = None
-
-
-def _encode_one(w, choice: Choice, x: np.ndarray, imatrix) -> tuple[RoundTripStats, int]:
-    qt = choice.qtype
-    shape = x.shape
-    rows = x.reshape(-1, shape[-1])
-    imx = None
-    if imatrix is not None and choice.name in imatrix and get_codec(qt).weighted:
-        imx = np.asarray(imatrix[choice.name], dtype=np.float32)
-    data = quantize(rows, qt, imatrix=imx)
-    w.add_raw(choice.name, data, qt, shape)
-    _release_written(w)
-    decoded = dequantize(data, qt)
-    st = roundtrip_stats(rows, decoded)
-    return st, data.size
+def _importance(imatrix: Optional[Mapping[str, np.ndarray]], choice: Choice) -> Optional[np.ndarray]:
+    """The tensor's importance vector, when there is one and the chosen codec uses it."""
+    if imatrix is None or choice.name not in imatrix or not get_codec(choice.qtype).weighted:
+        return None
+    return np.asarray(imatrix[choice.name], dtype=np.float32)
 
 
 # --- decode -----------------------------------------------------------------------------------

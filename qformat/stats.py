@@ -14,8 +14,11 @@ How qformat records them in a GGUF file (the ``qformat.`` key namespace; other r
   ``["mse", "max_abs", "snr_db", "nmse", "source_mean_sq", "source_max_abs"]``. A reader MUST use
   this list to find a column (columns may be added at the end later).
 * ``qformat.stats.<tensor name>``: ARRAY of FLOAT64, one value per column, for each tensor that
-  ``qformat encode`` wrote. ``source_mean_sq = mean(x²)`` and ``source_max_abs = max |x|``
-  describe the source, so that a file can be checked without it (see :func:`verify`).
+  qformat's writer encoded from float values (``qformat.write``, ``qformat.Writer``, hence
+  ``qformat encode``; which tensors exactly: :mod:`qformat.container.writer`), measured on the
+  values ``qformat.dequantize`` decodes from the stored bytes. ``source_mean_sq = mean(x²)`` and
+  ``source_max_abs = max |x|`` describe the source, so that a file can be checked without it
+  (see :func:`verify`).
 
 :func:`verify` decodes every tensor again. With the source at hand it recomputes the statistics and
 requires them to equal the recorded ones (within a float tolerance): a file that no longer
@@ -117,6 +120,35 @@ def roundtrip_stats(original, decoded) -> RoundTripStats:
     """Statistics of ``decoded`` against ``original`` (same number of elements; any float dtypes)."""
     acc = StatsAccumulator()
     acc.update(original, decoded)
+    return acc.result()
+
+
+#: elements decoded at a time by :func:`encoded_stats`: a multiple of ``_CHUNK`` (so the float64
+#: sums run over exactly the chunks :func:`roundtrip_stats` uses, and the results are identical)
+#: and of every ggml block size (all divide 2**18)
+_DECODE_CHUNK = 4 * _CHUNK
+
+
+def encoded_stats(original, data, qtype) -> RoundTripStats:
+    """``roundtrip_stats(original, qformat.dequantize(data, qtype))``, bit for bit, but decoding a
+    slice at a time: the decoded float32 copy never exceeds ``_DECODE_CHUNK`` elements.
+
+    ``data``: the encoded bytes of all of ``original``'s elements, in order (any shape of uint8).
+    """
+    from .codecs import dequantize
+    from .types import BLOCK, as_qtype
+
+    qt = as_qtype(qtype)
+    elems, nbytes = BLOCK[qt]
+    x = np.asarray(original).reshape(-1)
+    raw = np.asarray(data).reshape(-1)
+    if raw.size % nbytes or raw.size // nbytes * elems != x.size:
+        raise QFormatError(f"round-trip stats: {raw.size} bytes of {qt.name} do not encode {x.size} values")
+    step = _DECODE_CHUNK if _DECODE_CHUNK % elems == 0 else max(x.size, 1)
+    acc = StatsAccumulator()
+    for s in range(0, x.size, step):
+        b = s // elems * nbytes
+        acc.update(x[s:s + step], dequantize(raw[b:b + step // elems * nbytes], qt))
     return acc.result()
 
 

@@ -111,9 +111,10 @@ def test_quantized_and_raw_tensors(tmp_path, ggml_ref):
         assert f.raw("q").tobytes() == ggml_ref.quantize(x, "Q8_0").tobytes()
         assert np.array_equal(f.read("q"), ggml_ref.dequantize(ggml_ref.quantize(x, "Q8_0"), "Q8_0").reshape(4, 64))
         assert np.array_equal(f.read("f16"), x.astype(np.float16).astype(np.float32))
-        # copying bytes qformat need not understand
+        # copying bytes qformat need not understand (and the metadata: the statistics the writer
+        # recorded for q and f16 travel as ordinary typed values)
         p2 = tmp_path / "copy.gguf"
-        with qformat.Writer(p2) as w:
+        with qformat.Writer(p2, f.typed_metadata()) as w:
             for name, t in f.tensors.items():
                 w.add_raw(name, f.raw(name), t.qtype, t.shape)
         assert p2.read_bytes() == p.read_bytes()

@@ -18,6 +18,32 @@ Tensors:
 * ``Writer.add_raw(name, data, qtype, shape)`` stores already-encoded bytes (e.g. copied from
   another file with ``GGUFFile.raw``) after checking their size.
 
+Round-trip statistics (``stats=True``, the default of ``write()`` and ``Writer``): every tensor the
+writer encodes itself -- given as ``(float array, qtype)`` -- is decoded again with
+``qformat.dequantize`` right after its bytes are written, and its :class:`qformat.stats.RoundTripStats`
+against the given values is recorded in the metadata as ``qformat.stats.<tensor>`` (ARRAY of
+FLOAT64, columns named by ``qformat.stats.fields``; layout in :mod:`qformat.stats`). Other readers
+ignore the ``qformat.`` namespace; ``qformat.verify`` checks it. Rules:
+
+* recorded for every float source stored through a type the registry can decode, lossy or not:
+  F16/BF16 and the block types, and F32/F64 too (an exact record -- mse 0, snr +inf -- still lets
+  ``verify`` notice, without the source, that the stored values changed);
+* not recorded for a bare array (stored as its own dtype, nothing was encoded), for ``add_raw``
+  bytes (the writer never saw the values), for integer sources, for types qformat cannot decode,
+  and for a source holding inf or NaN (its error is undefined);
+* the records follow the given metadata, ``qformat.stats.fields`` first, then one key per tensor in
+  tensor order; a given ``qformat.stats.<tensor>`` for a tensor the writer encodes is replaced by
+  the fresh record (same position), and a given ``qformat.stats.fields`` MUST name the same
+  columns (else ``WriteError``);
+* ``stats=False`` records nothing and skips the extra decode.
+
+How the records get into the header, which comes before the data they describe: ``Writer`` builds
+its header at ``close()``, when every record is known. ``write()`` streams the header first, so it
+reserves each record as a fixed-size FLOAT64 array of NaNs (the value's size does not depend on its
+content, so every offset stays valid), streams the tensors, and then overwrites each reservation in
+the temporary file -- checking that it still holds the NaN pattern -- before the rename. Tensor
+bytes are written once; the two forms give byte-identical files for the same input.
+
 Metadata: see ``values.py`` for how Python values map to GGUF types; ``TypedValue`` (and
 ``GGUFFile.typed_metadata()``) fix the type explicitly. ``general.alignment`` in the metadata and
 the ``alignment=`` argument are one setting; giving both with different values is an error.
@@ -26,7 +52,8 @@ Atomicity and cost: nothing is ever written at the target path itself. ``write()
 tensor up front, so it streams the header and then each tensor (encoded one at a time, so memory
 stays bounded by the largest tensor) into a temporary file beside the target and renames it into
 place with ``os.replace``. ``Writer`` receives tensors one by one before it can know the header, so
-it appends their bytes to a temporary data file as they arrive and, at ``close()``, writes the
+it appends their bytes to a temporary data file as they arrive (keeping only each tensor's name,
+shape, type and size, never its data) and, at ``close()``, writes the
 header to a second temporary file, copies the data after it (in 16 MiB chunks) and renames: the
 tensor bytes are written twice, disk use peaks at about twice the output size. On any exception
 inside ``with Writer(...)`` (or a failed ``write()``) the temporary files are removed and an existing
@@ -45,6 +72,7 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Union
 import numpy as np
 
 from ..errors import UnsupportedType, WriteError
+from ..stats import FIELDS, FIELDS_KEY, RoundTripStats, encoded_stats, stats_key
 from ..types import BLOCK, QType, as_qtype, row_nbytes
 from .reader import MAX_ALIGNMENT, MAX_DIMS, MAX_NAME_BYTES
 from .schema import ARRAY_HEAD, DEFAULT_ALIGNMENT, HEADER, LITTLE, STRING, TENSOR_INFO, U32, VERSION, align_up
@@ -60,6 +88,9 @@ QTYPE_DTYPE: dict[QType, np.dtype] = {q: d.newbyteorder("<") for d, q in DTYPE_Q
 
 _COPY_CHUNK = 16 << 20
 _ZEROS = bytes(MAX_ALIGNMENT)  # padding source (alignment is at most 2**24)
+#: what ``write()`` reserves for a statistics record before the tensor is encoded
+_RESERVED = np.full(len(FIELDS), np.nan, dtype=np.float64)
+_RESERVED_BYTES = _RESERVED.astype("<f8").tobytes()
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -157,7 +188,12 @@ class _Pending:
     shape: tuple
     qtype: QType
     nbytes: int
-    produce: Callable[[], np.ndarray]  # -> C-contiguous uint8 bytes of the tensor
+    #: -> C-contiguous uint8 bytes of the tensor; set to None once they are written, so that the
+    #: writer (which keeps this record for the header) keeps no tensor data alive
+    produce: Optional[Callable[[], np.ndarray]]
+    #: the float values to measure the encoding against (None: record no statistics); dropped
+    #: with ``produce``
+    source: Optional[np.ndarray] = None
 
 
 def _check_name(name: Any) -> None:
@@ -192,8 +228,22 @@ def _as_bytes(arr: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(arr).reshape(-1).view(np.uint8)
 
 
-def prepare_tensor(name: str, value: Any) -> _Pending:
-    """Validate a tensor given to the writer; its bytes are produced later, one tensor at a time."""
+def _measurable(arr: np.ndarray, qt: QType) -> bool:
+    """Whether an encoded tensor gets a statistics record (rules: module docstring)."""
+    from ..codecs import can_decode, get_codec
+
+    if arr.dtype.kind != "f" or not can_decode(qt):
+        return False
+    # codecs that refuse inf/NaN fail the encode anyway; the float types store them, and then
+    # inf - inf would make the recorded error NaN
+    return get_codec(qt).finite_only or bool(np.isfinite(arr).all())
+
+
+def prepare_tensor(name: str, value: Any, *, stats: bool = True, imatrix: Any = None) -> _Pending:
+    """Validate a tensor given to the writer; its bytes are produced later, one tensor at a time.
+
+    ``imatrix`` (per-column importance weights) is passed to ``quantize`` for ``(array, qtype)``.
+    """
     _check_name(name)
     if isinstance(value, tuple):
         if len(value) != 2:
@@ -206,18 +256,15 @@ def prepare_tensor(name: str, value: Any) -> _Pending:
             raise WriteError(f"tensor {name!r}: {e}") from None
         arr = np.asarray(arr)
         shape = _check_shape(name, arr.shape, qt)
-        if qt in QTYPE_DTYPE and arr.dtype.newbyteorder("=") == QTYPE_DTYPE[qt].newbyteorder("="):
+        source = arr if stats and _measurable(arr, qt) else None
+        if imatrix is None and qt in QTYPE_DTYPE and arr.dtype.newbyteorder("=") == QTYPE_DTYPE[qt].newbyteorder("="):
             return _Pending(name, shape, qt, _tensor_nbytes(shape, qt),
-                            lambda: _as_bytes(arr.astype(QTYPE_DTYPE[qt], copy=False)))
+                            lambda: _as_bytes(arr.astype(QTYPE_DTYPE[qt], copy=False)), source)
         from ..codecs import can_encode, quantize
 
         if can_encode(qt):
             return _Pending(name, shape, qt, _tensor_nbytes(shape, qt),
-                            lambda: _as_bytes(quantize(arr.reshape(shape), qt)))
-        if qt in (QType.F16, QType.F64) and arr.dtype.kind == "f":
-            # numpy's float conversions round to nearest even, as ggml's do
-            return _Pending(name, shape, qt, _tensor_nbytes(shape, qt),
-                            lambda: _as_bytes(arr.astype(QTYPE_DTYPE[qt])))
+                            lambda: _as_bytes(quantize(arr.reshape(shape), qt, imatrix=imatrix)), source)
         raise UnsupportedType(f"tensor {name!r}: qformat cannot encode {arr.dtype} to {qt.name}")
     if isinstance(value, np.generic):
         value = np.asarray(value)  # a numpy scalar: stored as shape (1,)
@@ -251,16 +298,48 @@ def prepare_raw(name: str, data: Any, qtype: Any, shape: Iterable[int]) -> _Pend
 
 # --- file assembly -----------------------------------------------------------------------------
 
-def _header_bytes(typed: Mapping[str, TypedValue], infos: list, alignment: int) -> bytes:
-    """Header + key/value pairs + tensor infos + zero padding to the alignment."""
+def _header_bytes(typed: Mapping[str, TypedValue], infos: list, alignment: int,
+                  locate: Iterable[str] = ()) -> tuple[bytes, dict[str, int]]:
+    """Header + key/value pairs + tensor infos + zero padding to the alignment, and for each key in
+    ``locate`` the file offset just past its value."""
+    locate = set(locate)
     parts = [HEADER.build(dict(version=VERSION, n_tensors=len(infos), n_kv=len(typed)))]
-    parts += encode_metadata(typed)
+    pos, value_ends = len(parts[0]), {}
+    for key, tv in typed.items():
+        kv = encode_metadata({key: tv})
+        pos += sum(len(b) for b in kv)
+        if key in locate:
+            value_ends[key] = pos
+        parts += kv
     for t, rel_offset in infos:
         ne = list(reversed(t.shape))
         parts.append(TENSOR_INFO.build(dict(name=t.name, n_dims=len(ne), ne=ne, type=int(t.qtype),
                                             offset=rel_offset)))
     head = b"".join(parts)
-    return head + _ZEROS[:align_up(len(head), alignment) - len(head)]
+    return head + _ZEROS[:align_up(len(head), alignment) - len(head)], value_ends
+
+
+def _check_stats_fields(typed: Mapping[str, TypedValue]) -> None:
+    """A ``qformat.stats.fields`` given in the metadata must name the columns this writer records."""
+    tv = typed.get(FIELDS_KEY)
+    if tv is None:
+        return
+    if not (tv.type is ValueType.ARRAY and tv.elem_type is ValueType.STRING and list(tv.value) == list(FIELDS)):
+        raise WriteError(f"metadata key {FIELDS_KEY!r} does not name the columns the writer records "
+                         f"({', '.join(FIELDS)}); drop the key or pass stats=False")
+
+
+def _with_stats_records(typed: Mapping[str, TypedValue], records: Mapping[str, np.ndarray]) -> Mapping[str, TypedValue]:
+    """The metadata followed by the statistics records (tensor name -> float64 row)."""
+    if not records:
+        return typed
+    _check_stats_fields(typed)
+    out = dict(typed)
+    if FIELDS_KEY not in out:
+        out[FIELDS_KEY] = to_typed(FIELDS_KEY, list(FIELDS))
+    for name, row in records.items():
+        out[stats_key(name)] = TypedValue(np.asarray(row, dtype=np.float64), ValueType.ARRAY, ValueType.FLOAT64)
+    return out
 
 
 def _layout(pending: list, alignment: int) -> list:
@@ -271,12 +350,28 @@ def _layout(pending: list, alignment: int) -> list:
     return infos
 
 
-def _write_tensor(fh, t: _Pending, alignment: int) -> None:
-    data = t.produce()
+def _write_tensor(fh, t: _Pending, alignment: int) -> Optional[RoundTripStats]:
+    """Write the tensor's bytes and padding; its round-trip statistics when it is measured."""
+    produce, source = t.produce, t.source
+    t.produce = t.source = None  # once written, the record must not keep the data alive
+    if produce is None:
+        raise WriteError(f"tensor {t.name!r} was already written")
+    data = produce()
     if data.size != t.nbytes:  # an encoder broke its contract; never write a corrupt layout
         raise WriteError(f"tensor {t.name!r}: encoder produced {data.size} bytes, expected {t.nbytes}")
     fh.write(data.data)
     fh.write(_ZEROS[:align_up(t.nbytes, alignment) - t.nbytes])
+    return None if source is None else encoded_stats(source, data, t.qtype)
+
+
+def _fill_reserved(fh, value_end: int, st: RoundTripStats) -> None:
+    """Overwrite a record ``write()`` reserved in the header (its float64 elements end the value)."""
+    at = value_end - len(_RESERVED_BYTES)
+    fh.seek(at)
+    if fh.read(len(_RESERVED_BYTES)) != _RESERVED_BYTES:  # a layout bug must not overwrite other bytes
+        raise WriteError(f"internal error: no reserved statistics record at offset {at}")
+    fh.seek(at)
+    fh.write(st.as_record().astype("<f8").tobytes())
 
 
 def _temp_beside(path: str, suffix: str):
@@ -305,18 +400,28 @@ def _discard(fh, tmp: Optional[str]) -> None:
 
 
 def write(path: PathLike, tensors: Optional[Mapping[str, Any]] = None, metadata: Optional[Mapping[str, Any]] = None,
-          *, alignment: Optional[int] = None) -> None:
-    """Write a GGUF file in one call (see the module docstring for value forms and guarantees)."""
+          *, alignment: Optional[int] = None, stats: bool = True) -> None:
+    """Write a GGUF file in one call (see the module docstring for value forms and guarantees).
+
+    ``stats``: record the round-trip statistics of every tensor given as ``(array, qtype)``.
+    """
     path = os.fspath(path)
     typed, align = prepare_metadata(metadata, alignment)
-    pending = [prepare_tensor(name, v) for name, v in (tensors or {}).items()]
+    pending = [prepare_tensor(name, v, stats=stats) for name, v in (tensors or {}).items()]
+    measured = [t.name for t in pending if t.source is not None]
+    typed = _with_stats_records(typed, {name: _RESERVED for name in measured})
     infos = _layout(pending, align)
-    head = _header_bytes(typed, infos, align)
+    head, value_ends = _header_bytes(typed, infos, align, locate=[stats_key(n) for n in measured])
     fh, tmp = _temp_beside(path, ".tmp")
     try:
         fh.write(head)
+        results = {}
         for t in pending:
-            _write_tensor(fh, t, align)
+            st = _write_tensor(fh, t, align)
+            if st is not None:
+                results[t.name] = st
+        for name, st in results.items():
+            _fill_reserved(fh, value_ends[stats_key(name)], st)
         _finish(fh, tmp, path)
     except BaseException:
         _discard(fh, tmp)
@@ -329,31 +434,48 @@ class Writer:
     Tensor bytes go to a temporary file as they arrive (memory stays bounded by one tensor); the
     file appears at ``path`` only when the block exits without an exception (or on ``close()``).
     A Writer dropped without ``close()`` writes nothing and removes its temporary file.
+    ``stats``: record round-trip statistics of the tensors it encodes; ``self.stats`` maps each
+    measured tensor's name to its :class:`qformat.stats.RoundTripStats`.
     """
 
     def __init__(self, path: PathLike, metadata: Optional[Mapping[str, Any]] = None, *,
-                 alignment: Optional[int] = None):
+                 alignment: Optional[int] = None, stats: bool = True):
         self.path = os.fspath(path)
         self._typed, self.alignment = prepare_metadata(metadata, alignment)
-        self._infos: list = []  # (_Pending, relative offset)
+        self._measure = stats
+        self.stats: dict[str, RoundTripStats] = {}
+        self._infos: list = []  # (_Pending, relative offset); their data is dropped once written
         self._names: set = set()
         self._size = 0
         self._data, self._data_tmp = _temp_beside(self.path, ".tmp-data")
         self._closed = False
 
-    def _append(self, t: _Pending) -> None:
+    def _append(self, t: _Pending) -> Optional[RoundTripStats]:
         if self._closed:
             raise WriteError(f"{self.path}: writer is closed")
         if t.name in self._names:
             raise WriteError(f"tensor {t.name!r} added twice")
-        _write_tensor(self._data, t, self.alignment)
+        if t.source is not None:
+            _check_stats_fields(self._typed)  # fail before encoding, not at close()
+        try:
+            st = _write_tensor(self._data, t, self.alignment)
+        except BaseException:
+            # e.g. the encoder refused the values: cut off anything written, so the tensors added
+            # before stay where their offsets say and the Writer remains usable
+            self._data.seek(self._size)
+            self._data.truncate()
+            raise
         self._names.add(t.name)
         self._infos.append((t, self._size))
         self._size += align_up(t.nbytes, self.alignment)
+        if st is not None:
+            self.stats[t.name] = st
+        return st
 
-    def add_tensor(self, name: str, value: Any) -> None:
-        """Add a numpy array (stored as its dtype) or ``(array, qtype)`` (encoded)."""
-        self._append(prepare_tensor(name, value))
+    def add_tensor(self, name: str, value: Any, *, imatrix: Any = None) -> Optional[RoundTripStats]:
+        """Add a numpy array (stored as its dtype) or ``(array, qtype)`` (encoded, with optional
+        per-column importance weights ``imatrix``); returns the recorded statistics, if any."""
+        return self._append(prepare_tensor(name, value, stats=self._measure, imatrix=imatrix))
 
     def add_raw(self, name: str, data: Any, qtype: Any, shape: Iterable[int]) -> None:
         """Add already-encoded bytes of ``qtype`` with numpy-order ``shape``."""
@@ -366,7 +488,8 @@ class Writer:
         self._closed = True
         fh = tmp = None
         try:
-            head = _header_bytes(self._typed, self._infos, self.alignment)
+            typed = _with_stats_records(self._typed, {n: st.as_record() for n, st in self.stats.items()})
+            head, _ = _header_bytes(typed, self._infos, self.alignment)
             fh, tmp = _temp_beside(self.path, ".tmp")
             fh.write(head)
             self._data.flush()
