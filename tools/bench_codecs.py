@@ -31,7 +31,7 @@ from qformat import _ggml  # noqa: E402
 from qformat.types import QType  # noqa: E402
 
 #: types benchmarked by default
-TYPES = ["Q4_K", "Q5_K", "IQ4_NL", "IQ4_XS", "MXFP4", "NVFP4", "TQ1_0", "TQ2_0", "Q3_K", "Q6_K", "Q8_K"]
+TYPES = ["Q2_K", "Q4_K", "Q5_K", "IQ4_NL", "IQ4_XS", "MXFP4", "NVFP4", "TQ1_0", "TQ2_0", "Q3_K", "Q6_K", "Q8_K"]
 TYPES += ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q1_0", "F16", "BF16"]  # legacy blocks and float types
 #: types ggml_quantize_chunk does not handle (it would abort): ggml's row quantizer is timed instead
 ROW_REF_ONLY = {QType.Q8_K}

@@ -106,25 +106,31 @@ def _codes_into(out: np.ndarray, x: np.ndarray, cmin: np.ndarray, iscale: np.nda
         out[...] = _clamp_codes(out, nmax)
 
 
-def _weighted_sq_error(tmp: np.ndarray, lf: np.ndarray, scale: np.ndarray, offset: np.ndarray,
-                       x: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """Per column ``sum(w * d*d)`` with ``d = scale*code + offset - x`` (ggml's order), using ``tmp``."""
+def _weighted_error(tmp: np.ndarray, lf: np.ndarray, scale: np.ndarray, offset: np.ndarray,
+                    x: np.ndarray, w: np.ndarray, use_mad: bool) -> np.ndarray:
+    """Per column ``sum(w * e)`` with ``d = scale*code + offset - x`` (ggml's order) and ``e = d*d``,
+    or ``e = |d|`` when ``use_mad``; ``tmp`` is scratch space."""
     np.multiply(lf, scale, out=tmp)
     tmp += offset
     tmp -= x
-    tmp *= tmp
+    if use_mad:
+        np.abs(tmp, out=tmp)
+    else:
+        tmp *= tmp
     tmp *= w
     return seqsum(tmp)
 
 
 @quiet
-def _make_qkx_quants(x: np.ndarray, w: np.ndarray, nmax: int, rmin: float, rdelta: float, nstep: int):
-    """The search shared by ggml's ``make_qkx2_quants`` and ``make_qkx3_quants`` (squared error).
+def _make_qkx_quants(x: np.ndarray, w: np.ndarray, nmax: int, rmin: float, rdelta: float, nstep: int,
+                     use_mad: bool = False):
+    """The search shared by ggml's ``make_qkx2_quants`` and ``make_qkx3_quants``.
 
     For each group: start from the codes of the full [min, max] range (min clamped to <= 0), then
     try ``nstep + 1`` candidate inverse scales ``(rmin + rdelta*is + nmax) / (max - min)``; for each,
     round the codes, fit scale and offset by weighted least squares (offset forced to 0 when the
-    fit wants it positive) and keep the fit if its weighted squared error is lower. The running
+    fit wants it positive) and keep the fit if its weighted error is lower: squared error, or
+    absolute error with ``use_mad`` (the fit itself is least squares either way). The running
     ``min`` is replaced by each kept fit's offset, and later candidates are computed from it.
     """
     x = np.ascontiguousarray(x, dtype=np.float32)
@@ -143,7 +149,7 @@ def _make_qkx_quants(x: np.ndarray, w: np.ndarray, nmax: int, rmin: float, rdelt
         lf = np.empty_like(x)  # candidate codes, as float32
         tmp = np.empty_like(x)
         _codes_into(lf, x, vmin, iscale, vmin, vmax, nmax)
-        best = _weighted_sq_error(tmp, lf, scale, vmin, x, w)
+        best = _weighted_error(tmp, lf, scale, vmin, x, w, use_mad)
         # the kept candidate is remembered by the (inverse scale, min) that produced its codes, and
         # its codes rebuilt once at the end, instead of copying codes at every improvement
         best_iscale, best_cmin = iscale, vmin
@@ -166,7 +172,7 @@ def _make_qkx_quants(x: np.ndarray, w: np.ndarray, nmax: int, rmin: float, rdelt
             if pos.any():
                 this_min = np.where(pos, f32(0), this_min)
                 this_scale = np.where(pos, sum_xl / sum_l2, this_scale)
-            err = _weighted_sq_error(tmp, lf, this_scale, this_min, x, w)
+            err = _weighted_error(tmp, lf, this_scale, this_min, x, w, use_mad)
             better = (D > 0) & (err < best)
             if better.any():
                 best = np.where(better, err, best)
@@ -184,13 +190,15 @@ def _make_qkx_quants(x: np.ndarray, w: np.ndarray, nmax: int, rmin: float, rdelt
     return L, scale.astype(np.float32), (-cur_min).astype(np.float32)
 
 
-def make_qkx2_quants(x: np.ndarray, weights: np.ndarray, nmax: int, rmin: float, rdelta: float, nstep: int):
-    """ggml ``make_qkx2_quants`` (``use_mad=false``) on ``(group_len, ngroups)`` float32 values.
+def make_qkx2_quants(x: np.ndarray, weights: np.ndarray, nmax: int, rmin: float, rdelta: float, nstep: int,
+                     use_mad: bool = False):
+    """ggml ``make_qkx2_quants`` on ``(group_len, ngroups)`` float32 values (Q4_K/Q5_K pass
+    ``use_mad=false``, Q2_K ``true``).
 
     Returns ``(codes uint8 (group_len, ngroups), scale (ngroups,), the_min (ngroups,))``; a group
     decodes as ``scale * code - the_min``.
     """
-    return _make_qkx_quants(x, weights, nmax, rmin, rdelta, nstep)
+    return _make_qkx_quants(x, weights, nmax, rmin, rdelta, nstep, use_mad)
 
 
 def make_qkx3_quants(x: np.ndarray, weights: Optional[np.ndarray], nmax: int, rmin: float, rdelta: float,
