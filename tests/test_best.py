@@ -15,7 +15,7 @@ from qformat.types import BLOCK, QType
 
 from .conftest import shared_file
 
-QTS = ["Q4_K", "Q5_K", "Q4_1", "Q5_1"]
+QTS = ["Q4_K", "Q5_K", "Q4_1", "Q5_1", "Q6_K"]
 K_QTS = ["Q4_K", "Q5_K"]
 KINDS = ["normal", "laplace", "t3", "uniform", "positive", "negative", "outlier", "const_sub", "zeros",
          "sparse", "mixed_scales"]
@@ -80,8 +80,9 @@ def test_best_decodes_identically_in_ggml_and_never_loses_to_ggml(ggml_ref, qt, 
     elems, nbytes = BLOCK[QType[qt]]
     e_best, e_ggml = _sq_err(x, in_ggml, block=elems), _sq_err(x, ggml_ref.dequantize(ref, qt), block=elems)
     assert (e_best <= e_ggml).all(), np.flatnonzero(e_best > e_ggml)
-    d = read_fp16(b.reshape(-1, nbytes), 0)
-    assert np.isfinite(d).all() or not np.isfinite(read_fp16(ref.reshape(-1, nbytes), 0)).all()
+    at = nbytes - 2 if qt == "Q6_K" else 0  # where the fp16 super-block scale d sits
+    d = read_fp16(b.reshape(-1, nbytes), at)
+    assert np.isfinite(d).all() or not np.isfinite(read_fp16(ref.reshape(-1, nbytes), at)).all()
 
 
 @settings(max_examples=40, deadline=None)
@@ -190,3 +191,16 @@ def test_unknown_mode_is_rejected():
         qformat.quantize(np.zeros(256, np.float32), "Q4_K", mode="bestest")
     with pytest.raises(qformat.CodecError, match="mode"):
         qformat.quantize(np.zeros(256, np.float32), "Q4_0", mode="best")  # no search for Q4_0 (yet)
+
+
+def test_q6_k_search_fields_pack_losslessly():
+    x = _sample("t3", np.random.default_rng(8), 16 * 256, 1.0).reshape(16, 256)
+    d, sc, levels = best.search_q6_k(x)
+    assert levels.max() <= 63 and sc.dtype == np.int8
+    assert (d.astype(np.float16).astype(np.float32) == d).all() and np.isfinite(d).all()
+    from qformat.codecs.kquants_sym import q6_k_pack
+    from qformat.codecs.bits import fp32_to_fp16_bits
+
+    y = qformat.dequantize(q6_k_pack(levels, sc, fp32_to_fp16_bits(d)), "Q6_K").reshape(16, 16, 16)
+    expect = (d[:, None, None] * sc[:, :, None].astype(np.float32)) * (levels.reshape(16, 16, 16).astype(np.float32) - 32)
+    np.testing.assert_array_equal(y, expect.astype(np.float32))

@@ -254,6 +254,9 @@ def q6_k_encode(x: np.ndarray, *, mode: str = "ggml", weights: Optional[np.ndarr
     The two differ only in the weights ``make_qx_quants`` gets per sub-block: ``x*x`` or ``qw``.
     """
     x = np.ascontiguousarray(x, dtype=np.float32)
+    if mode == "best":  # lower-error search, ggml's block kept where it is better (qformat.search.best)
+        from ..search.best import encode_best_q6_k
+        return encode_best_q6_k(x, weights, lambda: q6_k_encode(x, weights=weights))
     nb = x.shape[0]
     w_t = None if weights is None else _subblocks_t(np.asarray(weights, dtype=np.float32))
     xt = _subblocks_t(x)
@@ -311,7 +314,7 @@ def q8_k_encode(x: np.ndarray, *, mode: str = "ggml", weights: Optional[np.ndarr
 
 register(Codec(QType.Q3_K, q3_k_decode, q3_k_encode, modes=("ggml",), weighted=True,
                doc="3-bit k-quant: 16x16 sub-blocks, 6-bit signed scales, fp16 super-scale"))
-register(Codec(QType.Q6_K, q6_k_decode, q6_k_encode, modes=("ggml",), weighted=True,
+register(Codec(QType.Q6_K, q6_k_decode, q6_k_encode, modes=("ggml", "best"), weighted=True,
                doc="6-bit k-quant: 16x16 sub-blocks, int8 scales, fp16 super-scale"))
 register(Codec(QType.Q8_K, q8_k_decode, q8_k_encode, modes=("ggml",), weighted=False,
                doc="8-bit k-quant intermediate: float32 scale, int8 codes, int16 group sums"))
