@@ -15,7 +15,7 @@ from qformat.types import BLOCK, QType
 
 from .conftest import shared_file
 
-QTS = ["Q4_K", "Q5_K", "Q4_1", "Q5_1", "Q6_K"]
+QTS = ["Q4_K", "Q5_K", "Q4_1", "Q5_1", "Q6_K", "Q2_K"]
 K_QTS = ["Q4_K", "Q5_K"]
 KINDS = ["normal", "laplace", "t3", "uniform", "positive", "negative", "outlier", "const_sub", "zeros",
          "sparse", "mixed_scales"]
@@ -80,7 +80,7 @@ def test_best_decodes_identically_in_ggml_and_never_loses_to_ggml(ggml_ref, qt, 
     elems, nbytes = BLOCK[QType[qt]]
     e_best, e_ggml = _sq_err(x, in_ggml, block=elems), _sq_err(x, ggml_ref.dequantize(ref, qt), block=elems)
     assert (e_best <= e_ggml).all(), np.flatnonzero(e_best > e_ggml)
-    at = nbytes - 2 if qt == "Q6_K" else 0  # where the fp16 super-block scale d sits
+    at = {"Q6_K": nbytes - 2, "Q2_K": 80}.get(qt, 0)  # where the fp16 super-block scale d sits
     d = read_fp16(b.reshape(-1, nbytes), at)
     assert np.isfinite(d).all() or not np.isfinite(read_fp16(ref.reshape(-1, nbytes), at)).all()
 
@@ -171,6 +171,16 @@ def test_search_fields_stay_in_range_and_pack_losslessly(nmax, qt):
     blocks = best.pack_blocks(qformat.QType[qt], d, dmin, sc, m, codes)
     y = qformat.dequantize(blocks, qt).reshape(32, 8, 32)
     expect = (d[:, None, None] * sc[:, :, None].astype(np.float32)) * codes.reshape(32, 8, 32) \
+        - (dmin[:, None, None] * m[:, :, None].astype(np.float32))
+    np.testing.assert_array_equal(y, expect.astype(np.float32))
+
+
+def test_q2_k_search_fields_stay_in_range():
+    x = _sample("laplace", np.random.default_rng(6), 32 * 256, 1.0).reshape(32, 256)
+    d, dmin, sc, m, codes, _ = best.search_scale_min(x, 3, groups=16, smax=15)
+    assert sc.shape == m.shape == (32, 16) and sc.max() <= 15 and m.max() <= 15 and codes.max() <= 3
+    y = qformat.dequantize(best.pack_blocks(QType.Q2_K, d, dmin, sc, m, codes), "Q2_K").reshape(32, 16, 16)
+    expect = (d[:, None, None] * sc[:, :, None].astype(np.float32)) * codes.reshape(32, 16, 16) \
         - (dmin[:, None, None] * m[:, :, None].astype(np.float32))
     np.testing.assert_array_equal(y, expect.astype(np.float32))
 

@@ -61,7 +61,7 @@ def _rows(cols: np.ndarray, group: int) -> np.ndarray:
 
 def _decode_scale_min(blocks: np.ndarray):
     """Per-sub-block float32 ``(d * sc, dmin * m)``, each ``(nblocks, 8)``, from bytes 0..15."""
-    d_dmin = np.ascontiguousarray(blocks[:, 0:4]).view("<f2").astype(np.float32)  # (nblocks, 2)
+    d_dmin = decode_fp16(np.ascontiguousarray(blocks[:, 0:4]).view("<u2"))  # (nblocks, 2)
     sc_m = unpack_scale_min_k4(blocks[:, 4:16]).astype(np.float32)  # (nblocks, 2, 8)
     sc_m *= d_dmin[:, :, None]  # inf * 0 is NaN, as in C
     return sc_m[:, 0], sc_m[:, 1]
@@ -348,6 +348,9 @@ def _q2_k_encode_impl(x: np.ndarray, qw: np.ndarray) -> np.ndarray:
 
 @quiet
 def _q2_k_encode(x: np.ndarray, *, mode: str = "ggml", weights: Optional[np.ndarray] = None) -> np.ndarray:
+    if mode == "best":  # lower-error search, ggml's block kept where it is better (qformat.search.best)
+        from ..search.best import encode_best
+        return encode_best(QType.Q2_K, x, weights)
     if mode != "ggml":
         raise CodecError(f"unknown Q2_K encode mode {mode!r}")
     x = np.ascontiguousarray(x, dtype=np.float32)
@@ -356,6 +359,6 @@ def _q2_k_encode(x: np.ndarray, *, mode: str = "ggml", weights: Optional[np.ndar
     return _q2_k_encode_impl(x, np.ascontiguousarray(weights, dtype=np.float32))
 
 
-register(Codec(QType.Q2_K, _q2_k_decode, _q2_k_encode, modes=("ggml",), weighted=True,
+register(Codec(QType.Q2_K, _q2_k_decode, _q2_k_encode, modes=("ggml", "best"), weighted=True,
                decode_chunk_values=_DECODE_CHUNK,
                doc="2.625 bpw: 16 x 16 sub-blocks, 4-bit scales and mins, 2-bit codes"))

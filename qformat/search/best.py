@@ -1,6 +1,7 @@
 """Encode mode ``"best"``: lower squared error than ggml's encoder at the same bytes.
 
-Types: Q4_K, Q5_K (below) and Q4_1, Q5_1 (see the banner at the end of this module).
+Types: Q4_K, Q5_K (below; Q2_K runs the same search on 16 sub-blocks of 16 with 4-bit scales and
+mins and 2-bit codes), and Q4_1, Q5_1, Q6_K (see the banners at the end of this module).
 
 A Q4_K / Q5_K super-block holds 256 values in 8 sub-blocks of 32. Sub-block ``j`` decodes as
 ``(d * sc[j]) * q - (dmin * m[j])``: ``d``, ``dmin`` are fp16, ``sc``, ``m`` are 6-bit integers
@@ -82,6 +83,8 @@ _NEIGHBOURS = ((0, 0), (1, 0), (-1, 0), (0, 1), (0, -1), (1, 1), (-1, -1), (1, -
 _LAYOUT = {
     QType.Q4_K: dict(nmax=15, nbytes=144, trials=30, grid=8),
     QType.Q5_K: dict(nmax=31, nbytes=176, trials=12, grid=6),
+    QType.Q2_K: dict(nmax=3, nbytes=84, grid=8, groups=16, smax=15,
+                     trials=tuple((a, f) for a in (-1.2, -0.9, -0.6, -0.3, 0.0, 0.3, 0.6) for f in (-0.4, -0.1, 0.2))),
 }
 
 
@@ -110,7 +113,7 @@ def _solve_scale_min(sw, sx, sq, sqq, sxq, offset_le_0: bool = True):
     return s, b, err, ok
 
 
-def _fit_subblocks(x: np.ndarray, w: Optional[np.ndarray], nmax: int, n_trials: int, offset_le_0: bool = True):
+def _fit_subblocks(x: np.ndarray, w: Optional[np.ndarray], nmax: int, n_trials, offset_le_0: bool = True):
     """Step 1: float (s, b) per sub-block minimizing sum w (s*q + b - x)^2; x is (8, 32, n).
 
     Returns s, b (8, n) and the sums (Sw, Sq, Sqq) of the winning codes, which give the curvature
@@ -142,7 +145,7 @@ def _fit_subblocks(x: np.ndarray, w: Optional[np.ndarray], nmax: int, n_trials: 
         for i, v in enumerate(cand):
             best[i] = np.where(better, v, best[i])
 
-    trials = np.asarray(_TRIALS[:n_trials], dtype=_F32)
+    trials = np.asarray(_TRIALS[:n_trials] if isinstance(n_trials, int) else n_trials, dtype=_F32)
     for g in range(0, len(trials), _GROUP):
         a, f = trials[g:g + _GROUP, 0, None, None], trials[g:g + _GROUP, 1, None, None]
         inv = (nmax + a) / span  # (G, 8, n)
@@ -171,15 +174,15 @@ def _round_codes(x, scale, off, nmax, q):
     return q
 
 
-def _neighbour_search(x, w, nmax, d, dmin, sc, m, moves):
+def _neighbour_search(x, w, nmax, d, dmin, sc, m, moves, smax: int = 63):
     """Step 3a: per sub-block, the best of (sc, m) and its integer ``moves`` at fixed d, dmin.
 
     All moves are scored at once on a leading axis, each with the nearest codes for its levels
     ``(d*sc)*q - dmin*m``; ties keep the earlier move (the current (sc, m) comes first).
     """
     mv = np.asarray(moves, dtype=_F32)
-    sc2 = np.clip(sc + mv[:, 0, None, None], 0, 63)  # (M, 8, n)
-    m2 = np.clip(m + mv[:, 1, None, None], 0, 63)
+    sc2 = np.clip(sc + mv[:, 0, None, None], 0, smax)  # (M, 8, n)
+    m2 = np.clip(m + mv[:, 1, None, None], 0, smax)
     k, err = _best_levels(x, w, nmax, d * sc2, dmin * m2)
     pick = [np.take_along_axis(v, k, axis=0)[0] for v in (sc2, m2, err)]
     return pick[0], pick[1], pick[2]
@@ -219,7 +222,7 @@ def _refit_d_dmin(x, w, nmax, d, dmin, sc, m, q):
     return np.where(usable, d_new, d), np.where(usable, dmin_new, dmin)
 
 
-def _model_start(s, mn, curv, grid: int):
+def _model_start(s, mn, curv, grid: int, smax: int = 63):
     """Step 2: fp16 d, dmin and 6-bit sc, m per super-block from a quadratic error model.
 
     For fixed codes, moving a sub-block's (scale, offset) by (ds, db) away from its least-squares
@@ -234,20 +237,20 @@ def _model_start(s, mn, curv, grid: int):
     n = s.shape[1]
     sw, sq, sqq = curv
     stretch = 1 + np.linspace(0, _STRETCH_SPAN, grid, dtype=f)[:, None]
-    d1 = _f16(s.max(axis=0) / f(63) * stretch)[:, None, :]  # (grid, 1, n)
-    m1 = _f16(mn.max(axis=0) / f(63) * stretch)[:, None, :]
+    d1 = _f16(s.max(axis=0) / f(smax) * stretch)[:, None, :]  # (grid, 1, n)
+    m1 = _f16(mn.max(axis=0) / f(smax) * stretch)[:, None, :]
     dmin = np.tile(m1, (grid, 1, 1))  # pair k = (d1[k // grid], m1[k % grid])
     inv_m = np.where(dmin > 0, 1 / np.where(dmin > 0, dmin, 1), 0)
     absorb = np.where(sw > 0, sq / np.where(sw > 0, sw, 1), 0)
     floor_sc = np.floor(s * np.where(d1 > 0, 1 / np.where(d1 > 0, d1, 1), 0))
     options = []
     for dsc in (0, 1):
-        sc = np.clip(floor_sc + dsc, 0, 63)  # (grid, 8, n): depends on d only
+        sc = np.clip(floor_sc + dsc, 0, smax)  # (grid, 8, n): depends on d only
         ds = d1 * sc - s
         ds_sqq, ds_sq, target = ds * ds * sqq, 2 * ds * sq, mn + ds * absorb
         rep = [np.repeat(v, grid, axis=0) for v in (ds_sqq, ds_sq, target)]  # onto the pair axis
         m = np.rint(rep[2] * inv_m)
-        np.clip(m, 0, 63, out=m)
+        np.clip(m, 0, smax, out=m)
         db = mn - dmin * m  # stored offset is -dmin*m, the fit's is -mn
         options.append((rep[0] + db * (rep[1] + db * sw), sc, m))
     (cost0, sc0, m0), (cost1, sc1, m1_) = options
@@ -261,25 +264,27 @@ def _model_start(s, mn, curv, grid: int):
 
 
 def search_scale_min(x: np.ndarray, nmax: int, weights: Optional[np.ndarray] = None, *,
-                     trials: int = len(_TRIALS), grid: int = 8):
+                     trials=len(_TRIALS), grid: int = 8, groups: int = 8, smax: int = 63):
     """Steps 1-3 on super-blocks ``x`` float32 ``(n, 256)``.
 
     Returns ``(d, dmin, sc, m, codes, err)``: ``d``/``dmin`` float32 ``(n,)`` holding fp16 values,
-    ``sc``/``m`` uint8 ``(n, 8)``, codes uint8 ``(n, 256)`` and the (weighted) squared error
-    per super-block as the search measured it.
+    ``sc``/``m`` uint8 ``(n, groups)`` (at most ``smax``), codes uint8 ``(n, 256)`` and the
+    (weighted) squared error per super-block as the search measured it. ``trials`` is a count of
+    :data:`_TRIALS` or a sequence of (a, f) trials; Q2_K uses ``groups=16, smax=15``.
     """
     n = x.shape[0]
-    xt = np.ascontiguousarray(x.T, dtype=_F32).reshape(8, 32, n)
-    wt = None if weights is None else np.ascontiguousarray(weights.T, dtype=_F32).reshape(8, 32, n)
+    shape = (groups, 256 // groups, n)
+    xt = np.ascontiguousarray(x.T, dtype=_F32).reshape(shape)
+    wt = None if weights is None else np.ascontiguousarray(weights.T, dtype=_F32).reshape(shape)
     with np.errstate(all="ignore"):  # degenerate sub-blocks are masked out, not reported
         s, b, curv = _fit_subblocks(xt, wt, nmax, trials)
         mn = -b
         q = np.empty_like(xt)
-        d, dmin, sc, m = _model_start(s, mn, curv, grid)
-        sc, m, err = _neighbour_search(xt, wt, nmax, d, dmin, sc, m, _NEIGHBOURS[:5])
+        d, dmin, sc, m = _model_start(s, mn, curv, grid, smax)
+        sc, m, err = _neighbour_search(xt, wt, nmax, d, dmin, sc, m, _NEIGHBOURS[:5], smax)
         best = (d, dmin, sc, m, err.sum(axis=0))
         d, dmin = _refit_d_dmin(xt, wt, nmax, d, dmin, sc, m, q)
-        sc, m, err = _neighbour_search(xt, wt, nmax, d, dmin, sc, m, _NEIGHBOURS)
+        sc, m, err = _neighbour_search(xt, wt, nmax, d, dmin, sc, m, _NEIGHBOURS, smax)
         total = err.sum(axis=0)
         better = total < best[4]  # the refit can lose after fp16 rounding: keep the better per super-block
         best = tuple(np.where(better, c, bc) for c, bc in zip((d, dmin, sc, m, total), best))
@@ -291,9 +296,17 @@ def search_scale_min(x: np.ndarray, nmax: int, weights: Optional[np.ndarray] = N
 
 
 def pack_blocks(qtype: QType, d, dmin, sc, m, codes) -> np.ndarray:
-    """Pack searched fields into ``qtype`` blocks (layout in spec/codecs/q4_k.md and q5_k.md)."""
+    """Pack searched fields into ``qtype`` blocks (layouts in spec/codecs/q2_k.md, q4_k.md, q5_k.md)."""
     n = codes.shape[0]
     out = np.empty((n, _LAYOUT[qtype]["nbytes"]), dtype=np.uint8)
+    if qtype == QType.Q2_K:  # scales[16] @0 (min << 4 | scale) | qs[64] @16 | d @80 | dmin @82
+        from ..codecs.kquants import _q2_k_pack_codes
+
+        out[:, :16] = sc | (m << 4)
+        out[:, 16:80] = _q2_k_pack_codes(codes)
+        write_fp16(out, 80, fp32_to_fp16_bits(d))
+        write_fp16(out, 82, fp32_to_fp16_bits(dmin))
+        return out
     write_fp16(out, 0, fp32_to_fp16_bits(d))
     write_fp16(out, 2, fp32_to_fp16_bits(dmin))
     out[:, 4:16] = pack_scale_min_k4(sc, m)
@@ -324,8 +337,10 @@ def encode_best(qtype: QType, x: np.ndarray, weights: Optional[np.ndarray] = Non
     qtype = QType(qtype)
     codec = REGISTRY[qtype]
     ggml_blocks = codec.encode(x, mode="ggml", weights=weights)
-    lay = _LAYOUT[qtype]
-    d, dmin, sc, m, codes, _ = search_scale_min(x, lay["nmax"], weights, trials=lay["trials"], grid=lay["grid"])
+    lay = dict(_LAYOUT[qtype])
+    nmax = lay.pop("nmax")
+    lay.pop("nbytes")
+    d, dmin, sc, m, codes, _ = search_scale_min(x, nmax, weights, **lay)
     ours = pack_blocks(qtype, d, dmin, sc, m, codes)
     better = block_errors(x, codec.decode(ours), weights) < block_errors(x, codec.decode(ggml_blocks), weights)
     return np.where(better[:, None], ours, ggml_blocks)
