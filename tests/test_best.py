@@ -15,7 +15,7 @@ from qformat.types import BLOCK, QType
 
 from .conftest import shared_file
 
-QTS = ["Q4_K", "Q5_K", "Q4_1", "Q5_1", "Q6_K", "Q2_K"]
+QTS = ["Q4_K", "Q5_K", "Q4_1", "Q5_1", "Q6_K", "Q2_K", "Q3_K"]
 K_QTS = ["Q4_K", "Q5_K"]
 KINDS = ["normal", "laplace", "t3", "uniform", "positive", "negative", "outlier", "const_sub", "zeros",
          "sparse", "mixed_scales"]
@@ -80,7 +80,7 @@ def test_best_decodes_identically_in_ggml_and_never_loses_to_ggml(ggml_ref, qt, 
     elems, nbytes = BLOCK[QType[qt]]
     e_best, e_ggml = _sq_err(x, in_ggml, block=elems), _sq_err(x, ggml_ref.dequantize(ref, qt), block=elems)
     assert (e_best <= e_ggml).all(), np.flatnonzero(e_best > e_ggml)
-    at = {"Q6_K": nbytes - 2, "Q2_K": 80}.get(qt, 0)  # where the fp16 super-block scale d sits
+    at = {"Q6_K": nbytes - 2, "Q3_K": nbytes - 2, "Q2_K": 80}.get(qt, 0)  # where the fp16 super-block d sits
     d = read_fp16(b.reshape(-1, nbytes), at)
     assert np.isfinite(d).all() or not np.isfinite(read_fp16(ref.reshape(-1, nbytes), at)).all()
 
@@ -173,6 +173,18 @@ def test_search_fields_stay_in_range_and_pack_losslessly(nmax, qt):
     expect = (d[:, None, None] * sc[:, :, None].astype(np.float32)) * codes.reshape(32, 8, 32) \
         - (dmin[:, None, None] * m[:, :, None].astype(np.float32))
     np.testing.assert_array_equal(y, expect.astype(np.float32))
+
+
+def test_q3_k_search_fields_pack_losslessly():
+    x = _sample("normal", np.random.default_rng(9), 16 * 256, 1.0).reshape(16, 256)
+    d, sc, levels = best.search_symmetric(x, None, **best._SYM[QType.Q3_K])
+    assert levels.max() <= 7 and sc.min() >= -32 and sc.max() <= 31
+    from qformat.codecs.kquants_sym import q3_k_pack
+    from qformat.codecs.bits import fp32_to_fp16_bits
+
+    y = qformat.dequantize(q3_k_pack(levels, (sc + 32).astype(np.uint8), fp32_to_fp16_bits(d)), "Q3_K")
+    expect = (d[:, None, None] * sc[:, :, None].astype(np.float32)) * (levels.reshape(16, 16, 16).astype(np.float32) - 4)
+    np.testing.assert_array_equal(y.reshape(16, 16, 16), expect.astype(np.float32))
 
 
 def test_q2_k_search_fields_stay_in_range():

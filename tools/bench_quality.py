@@ -17,7 +17,7 @@ Student-t(4) (1M values each, seed 0) and the 16 real f32 tensors of MiniLM-L6 l
 skipped when absent). The importance vector is per column: ``exp(N(0, 1))`` over rows of 4096
 (synthetic sets) or 256 (MiniLM), seed 1.
 
-Usage: ``python tools/bench_quality.py [--types Q4_K,Q5_K,Q4_1,Q5_1,Q6_K,Q2_K] [--write /tmp/readme_quality.md]``
+Usage: ``python tools/bench_quality.py [--types Q4_K,Q5_K,Q4_1,Q5_1,Q6_K,Q2_K,Q3_K] [--write /tmp/readme_quality.md]``
 """
 from __future__ import annotations
 
@@ -101,7 +101,7 @@ def timed(fn, repeat: int = 3) -> float:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--types", default="Q4_K,Q5_K,Q4_1,Q5_1,Q6_K,Q2_K")
+    ap.add_argument("--types", default="Q4_K,Q5_K,Q4_1,Q5_1,Q6_K,Q2_K,Q3_K")
     ap.add_argument("--write", type=Path, help="also write the tables as a README section to this file")
     args = ap.parse_args()
     if not _ggml.available():
@@ -148,10 +148,11 @@ def main() -> int:
 
 
 def section(table: str, speeds: str, types) -> str:
-    cmd = "python tools/bench_quality.py" + ("" if types == ["Q4_K", "Q5_K", "Q4_1", "Q5_1", "Q6_K", "Q2_K"] else f" --types {','.join(types)}")
+    default = ["Q4_K", "Q5_K", "Q4_1", "Q5_1", "Q6_K", "Q2_K", "Q3_K"]
+    cmd = "python tools/bench_quality.py" + ("" if types == default else f" --types {','.join(types)}")
     return f"""## Lower error than llama.cpp at the same bytes: `mode="best"`
 
-`qformat.quantize(x, "Q4_K", mode="best")` (also Q5_K, Q4_1, Q5_1, Q6_K, Q2_K; with or without `imatrix=`) writes
+`qformat.quantize(x, "Q4_K", mode="best")` (also Q5_K, Q4_1, Q5_1, Q6_K, Q2_K, Q3_K; with or without `imatrix=`) writes
 ordinary blocks of the type -- ggml's own decoder reads them unchanged, bit for bit as qformat decodes them --
 chosen to lower the squared error (weighted by the importance matrix when one is given). ggml's own
 block for each super-block is always a candidate and is kept unless the search's is strictly better,
@@ -163,8 +164,8 @@ whose 6-bit grids land best on the sub-blocks' ideal scales and offsets; then an
 each sub-block's 6-bit scale/min and their neighbours with fresh codes, around a joint
 least-squares refit of the fp16 `d`/`dmin`. Q4_1/Q5_1 (whose ggml reference encoder is a plain
 min/max, no search) get the same sub-block fit, with an unconstrained fp16 minimum and a +-1 fp16-step
-search of `d` and `m`. Q6_K: a least-squares scale per 16-value sub-block under the true objective
-(ggml weights its fit by `x*x`), `d` chosen by the same kind of model, int8 scales searched +-1
+search of `d` and `m`. Q6_K and Q3_K: a least-squares scale per 16-value sub-block under the true objective
+(ggml weights its fit by `x*x`), `d` chosen by the same kind of model, the signed scales searched +-1
 around a least-squares refit of `d`. Q2_K runs the Q4_K search on its 16 sub-blocks of 16 with 4-bit
 scales and mins (ggml's Q2_K fits by weighted absolute error, so the squared error has much to gain).
 

@@ -192,6 +192,9 @@ def _q3_k_encode_weighted(x: np.ndarray, qw: np.ndarray) -> np.ndarray:
 
 def q3_k_encode(x: np.ndarray, *, mode: str = "ggml", weights: Optional[np.ndarray] = None) -> np.ndarray:
     x = np.ascontiguousarray(x, dtype=np.float32)
+    if mode == "best":  # lower-error search, ggml's block kept where it is better (qformat.search.best)
+        from ..search.best import encode_best_symmetric
+        return encode_best_symmetric(QType.Q3_K, x, weights, lambda: q3_k_encode(x, weights=weights))
     if weights is None:
         return _q3_k_encode_ref(x)
     return _q3_k_encode_weighted(x, np.ascontiguousarray(weights, dtype=np.float32))
@@ -312,7 +315,7 @@ def q8_k_encode(x: np.ndarray, *, mode: str = "ggml", weights: Optional[np.ndarr
     return out
 
 
-register(Codec(QType.Q3_K, q3_k_decode, q3_k_encode, modes=("ggml",), weighted=True,
+register(Codec(QType.Q3_K, q3_k_decode, q3_k_encode, modes=("ggml", "best"), weighted=True,
                doc="3-bit k-quant: 16x16 sub-blocks, 6-bit signed scales, fp16 super-scale"))
 register(Codec(QType.Q6_K, q6_k_decode, q6_k_encode, modes=("ggml", "best"), weighted=True,
                doc="6-bit k-quant: 16x16 sub-blocks, int8 scales, fp16 super-scale"))

@@ -1,7 +1,7 @@
 """Encode mode ``"best"``: lower squared error than ggml's encoder at the same bytes.
 
 Types: Q4_K, Q5_K (below; Q2_K runs the same search on 16 sub-blocks of 16 with 4-bit scales and
-mins and 2-bit codes), and Q4_1, Q5_1, Q6_K (see the banners at the end of this module).
+mins and 2-bit codes), and Q4_1, Q5_1, Q6_K, Q3_K (see the banners at the end of this module).
 
 A Q4_K / Q5_K super-block holds 256 values in 8 sub-blocks of 32. Sub-block ``j`` decodes as
 ``(d * sc[j]) * q - (dmin * m[j])``: ``d``, ``dmin`` are fp16, ``sc``, ``m`` are 6-bit integers
@@ -392,21 +392,27 @@ def encode_best_affine(qtype: QType, x: np.ndarray, weights: Optional[np.ndarray
     return np.where(better[:, None], ours, ggml_blocks)
 
 
-# ==== Q6_K: one fp16 d, sixteen int8 sub-block scales, 6-bit signed codes ==========================
+# ==== Q6_K and Q3_K: one fp16 d, sixteen signed sub-block scales, signed codes =====================
 #
-# ``x = (d * sc[j]) * q`` for 16 sub-blocks of 16 values, ``sc`` int8, ``q`` in -32..31. ggml's
-# reference fits each sub-block with weights ``x*x`` (not the squared error) and rounds the 16 scales
-# against their signed maximum (``d = max / -128``) without refitting. Here: a least-squares scale per
-# sub-block under the true objective (trial scales mapping the extreme value to -32 or to +31,
-# stretched, then two Lloyd steps); ``d`` picked among 8 stretches of ``max|s| / 127`` by the
-# quadratic model ``(d*sc - s)^2 Sqq``; the integer scales searched +-1 with fresh codes around a
-# least-squares refit of ``d``; ggml's block kept unless strictly worse.
+# ``x = (d * sc[j]) * q`` for 16 sub-blocks of 16 values. Q6_K: ``sc`` int8 (-128..127), ``q`` in
+# -32..31; Q3_K: ``sc`` in -32..31 (stored + 32 in 6 bits), ``q`` in -4..3. ggml's references fit each
+# sub-block with weights ``x*x`` (not the squared error) and round the 16 scales against their signed
+# maximum without refitting. Here: a least-squares scale per sub-block under the true objective
+# (trial scales mapping the extreme value to the most negative or the most positive code, stretched,
+# then two Lloyd steps); ``d`` picked among 8 stretches of ``max|s| / max_sc`` by the quadratic
+# model ``(d*sc - s)^2 Sqq``; the integer scales searched +-1 with fresh codes around a least-squares
+# refit of ``d``; ggml's block kept unless strictly worse.
 
-_Q6_STRETCH = tuple(np.arange(-3.0, 2.01, 0.5))  # trial scales extreme / -(32 + a) and extreme / (31 + a)
+#: per type: code half-range qh (codes -qh..qh-1), scale half-range sh (scales -sh..sh-1) and the
+#: trial stretches a (trial scales extreme / -(qh + a) and extreme / (qh - 1 + a))
+_SYM = {
+    QType.Q6_K: dict(qh=32, sh=128, stretch=tuple(np.arange(-3.0, 2.01, 0.5))),
+    QType.Q3_K: dict(qh=4, sh=32, stretch=(-0.75, -0.5, -0.25, 0.0, 0.25, 0.5, 0.75)),
+}
 
 
-def _fit_symmetric(x: np.ndarray, w: Optional[np.ndarray]):
-    """Least-squares scales s (G, n) for ``x ~= s * q``, q in -32..31, and Sqq of the winning codes."""
+def _fit_symmetric(x: np.ndarray, w: Optional[np.ndarray], qh: int, stretch):
+    """Least-squares scales s (G, n) for ``x ~= s * q``, q in -qh..qh-1, and Sqq of the winning codes."""
     wx = x if w is None else w * x
     at = np.argmax(np.abs(x), axis=1)[:, None]
     extreme = np.take_along_axis(x, at, axis=1)[:, 0]  # signed value of largest magnitude, (G, n)
@@ -425,72 +431,86 @@ def _fit_symmetric(x: np.ndarray, w: Optional[np.ndarray]):
         better = g > best_gain
         return np.where(better, g, best_gain), np.where(better, s, best_s), np.where(better, qq, best_sqq)
 
-    a = np.asarray(_Q6_STRETCH, dtype=_F32)
-    scales = np.concatenate([-(32 + a), 31 + a])[:, None, None]  # (T, 1, 1)
+    a = np.asarray(stretch, dtype=_F32)
+    scales = np.concatenate([-(qh + a), qh - 1 + a])[:, None, None]  # (T, 1, 1)
     inv = np.where(extreme != 0, scales / np.where(extreme != 0, extreme, 1), 0)  # 1/s per trial
     q = x * inv[:, :, None]
     np.rint(q, out=q)
-    np.clip(q, -32, 31, out=q)
+    np.clip(q, -qh, qh - 1, out=q)
     best_gain, best_s, best_sqq = score(q)
     for _ in range(2):  # Lloyd steps
         inv = np.where(best_s != 0, _F32(1) / np.where(best_s != 0, best_s, 1), 0)
         q = x * inv[:, None]
         np.rint(q, out=q)
-        np.clip(q, -32, 31, out=q)
+        np.clip(q, -qh, qh - 1, out=q)
         best_gain, best_s, best_sqq = score(q[None])
     return best_s, best_sqq
 
 
-def _q6_search_sc(x, w, d, sc):
-    """Per sub-block, the best of int8 scales sc, sc+1, sc-1 at fixed d (fresh codes each)."""
-    cand = np.clip(sc + np.asarray([0, 1, -1], dtype=_F32)[:, None, None], -128, 127)
+def _sym_search_sc(x, w, d, sc, qh: int, sh: int):
+    """Per sub-block, the best of integer scales sc, sc+1, sc-1 at fixed d (fresh codes each)."""
+    cand = np.clip(sc + np.asarray([0, 1, -1], dtype=_F32)[:, None, None], -sh, sh - 1)
     scale = d * cand
-    k, err = _best_levels(x, w, 63, scale, 32 * scale)  # levels scale*(l - 32), l = 0..63
+    k, err = _best_levels(x, w, 2 * qh - 1, scale, qh * scale)  # levels scale*(l - qh), l = 0..2qh-1
     return np.take_along_axis(cand, k, axis=0)[0], np.take_along_axis(err, k, axis=0)[0]
 
 
-def search_q6_k(x: np.ndarray, weights: Optional[np.ndarray] = None):
-    """(d float32 holding fp16 (n,), sc int8 (n, 16), levels uint8 0..63 (n, 256)) for x (n, 256)."""
+def search_symmetric(x: np.ndarray, weights: Optional[np.ndarray], qh: int, sh: int, stretch):
+    """(d float32 holding fp16 (n,), signed scales int (n, 16), levels uint8 0..2qh-1 (n, 256))."""
     n = x.shape[0]
     xt = np.ascontiguousarray(x.T, dtype=_F32).reshape(16, 16, n)
     wt = None if weights is None else np.ascontiguousarray(weights.T, dtype=_F32).reshape(16, 16, n)
     with np.errstate(all="ignore"):
-        s, sqq = _fit_symmetric(xt, wt)
-        stretch = 1 + np.linspace(0, 0.06, 8, dtype=_F32)[:, None, None]
-        d_all = _f16(np.abs(s).max(axis=0) / _F32(127) * stretch)  # (8, 1, n)
-        sc_all = np.clip(np.rint(np.where(d_all > 0, s / np.where(d_all > 0, d_all, 1), 0)), -128, 127)
+        s, sqq = _fit_symmetric(xt, wt, qh, stretch)
+        grow = 1 + np.linspace(0, 0.06, 8, dtype=_F32)[:, None, None]
+        d_all = _f16(np.abs(s).max(axis=0) / _F32(sh - 1) * grow)  # (8, 1, n)
+        sc_all = np.clip(np.rint(np.where(d_all > 0, s / np.where(d_all > 0, d_all, 1), 0)), -sh, sh - 1)
         pick = np.argmin(((d_all * sc_all - s) ** 2 * sqq).sum(axis=1), axis=0)  # model of step 2
         cols = np.arange(n)
         d, sc = d_all[pick, 0, cols], sc_all[pick, :, cols].T
-        sc, err = _q6_search_sc(xt, wt, d, sc)
+        sc, err = _sym_search_sc(xt, wt, d, sc, qh, sh)
         best = (d, sc, err.sum(axis=0))
         # least-squares d for the integer scales and their codes, then search the scales again
         q = np.empty_like(xt)
-        _round_codes(xt, d * sc, 32 * d * sc, 63, q)
-        q -= 32
+        _round_codes(xt, d * sc, qh * d * sc, 2 * qh - 1, q)
+        q -= qh
         wq = q if wt is None else wt * q
         num = (sc * _dot32(wq, xt)).sum(axis=0, dtype=np.float64)
         den = (sc * sc * _dot32(wq, q)).sum(axis=0, dtype=np.float64)
         d2 = _f16(np.where(den > 0, num / np.where(den > 0, den, 1), 0))
         d2 = np.where(np.isfinite(d2) & (d2 > 0), d2, d)
-        sc2, err2 = _q6_search_sc(xt, wt, d2, sc)
+        sc2, err2 = _sym_search_sc(xt, wt, d2, sc, qh, sh)
         better = err2.sum(axis=0) < best[2]
         d, sc = np.where(better, d2, best[0]), np.where(better, sc2, best[1])
-        _round_codes(xt, d * sc, 32 * d * sc, 63, q)
+        _round_codes(xt, d * sc, qh * d * sc, 2 * qh - 1, q)
         q, sc = np.nan_to_num(q), np.nan_to_num(sc)  # overflowed candidates lose to ggml's block anyway
-    return d, sc.T.astype(np.int8), q.reshape(256, n).T.astype(np.uint8)
+    return d, sc.T.astype(np.int16), q.reshape(256, n).T.astype(np.uint8)
 
 
-def encode_best_q6_k(x: np.ndarray, weights: Optional[np.ndarray], ggml_encode) -> np.ndarray:
-    """Mode ``"best"`` for Q6_K; ``ggml_encode()`` returns ggml's own blocks for ``x`` (n, 256)."""
+def search_q6_k(x: np.ndarray, weights: Optional[np.ndarray] = None):
+    """(d float32 holding fp16 (n,), sc int8 (n, 16), levels uint8 0..63 (n, 256)) for x (n, 256)."""
+    d, sc, levels = search_symmetric(x, weights, **_SYM[QType.Q6_K])
+    return d, sc.astype(np.int8), levels
+
+
+def encode_best_symmetric(qtype: QType, x: np.ndarray, weights: Optional[np.ndarray], ggml_encode) -> np.ndarray:
+    """Mode ``"best"`` for Q6_K / Q3_K; ``ggml_encode()`` returns ggml's own blocks for ``x`` (n, 256)."""
     from ..codecs import REGISTRY
-    from ..codecs.kquants_sym import q6_k_pack
+    from ..codecs.kquants_sym import q3_k_pack, q6_k_pack
 
+    qtype = QType(qtype)
     with np.errstate(all="ignore"):  # ggml's search overflows on huge inputs exactly as the C code does
         ggml_blocks = ggml_encode()
-    d, sc, levels = search_q6_k(x, weights)
-    ours = q6_k_pack(levels, sc, fp32_to_fp16_bits(d))
-    decode = REGISTRY[QType.Q6_K].decode
+    d, sc, levels = search_symmetric(x, weights, **_SYM[qtype])
+    if qtype == QType.Q6_K:
+        ours = q6_k_pack(levels, sc.astype(np.int8), fp32_to_fp16_bits(d))
+    else:  # Q3_K stores each scale + 32 as a 6-bit code
+        ours = q3_k_pack(levels, (sc + 32).astype(np.uint8), fp32_to_fp16_bits(d))
+    decode = REGISTRY[qtype].decode
     better = block_errors(x, decode(ours), weights) < block_errors(x, decode(ggml_blocks), weights)
     return np.where(better[:, None], ours, ggml_blocks)
 
+
+def encode_best_q6_k(x: np.ndarray, weights: Optional[np.ndarray], ggml_encode) -> np.ndarray:
+    """Mode ``"best"`` for Q6_K (see :func:`encode_best_symmetric`)."""
+    return encode_best_symmetric(QType.Q6_K, x, weights, ggml_encode)
