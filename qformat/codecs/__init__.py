@@ -83,15 +83,19 @@ def _qtype(t: QTypeLike) -> QType:
         raise CodecError(str(e)) from None
 
 
-def _chunk_blocks(nblocks: int, elems: int) -> int:
-    return max(1, CHUNK_VALUES // elems)
+def _chunks(total: int, step: int):
+    """(start, stop) of consecutive slices of ``step`` blocks covering ``total`` blocks."""
+    for s in range(0, total, step):
+        yield s, min(total, s + step)
 
 
 def quantize(x, qtype: QTypeLike, *, mode: str = "ggml", imatrix=None) -> np.ndarray:
     """Encode float values ``(..., n)`` to ``uint8 (..., n // block_elems * block_bytes)``.
 
     ``n`` must be a multiple of the type's block size. ``imatrix`` is an optional per-column
-    importance vector of length ``n`` (as llama.cpp's ``llama-imatrix`` computes).
+    importance vector of length ``n`` (as llama.cpp's ``llama-imatrix`` computes). The input is
+    converted to float32 and checked chunk by chunk, so a float16 or float64 source is never copied
+    whole.
     """
     qt = _qtype(qtype)
     codec = get_codec(qt)
@@ -108,11 +112,7 @@ def quantize(x, qtype: QTypeLike, *, mode: str = "ggml", imatrix=None) -> np.nda
     n = arr.shape[-1]
     if n % elems:
         raise CodecError(f"{qt.name}: row length {n} is not a multiple of the block size {elems}")
-    src = np.ascontiguousarray(arr, dtype=np.float32)
-    if codec.finite_only and not np.isfinite(src).all():
-        bad = int(np.flatnonzero(~np.isfinite(src.reshape(-1)))[0])
-        raise CodecError(f"{qt.name}: input has a non-finite value (first at flat index {bad})")
-    weights = None
+    wblocks = None
     if imatrix is not None:
         if not codec.weighted:
             raise CodecError(f"{qt.name}: this encoder takes no importance matrix")
@@ -121,22 +121,25 @@ def quantize(x, qtype: QTypeLike, *, mode: str = "ggml", imatrix=None) -> np.nda
             raise CodecError(f"{qt.name}: imatrix has shape {weights.shape}, expected ({n},)")
         if not np.isfinite(weights).all() or (weights < 0).any():
             raise CodecError(f"{qt.name}: imatrix values must be finite and non-negative")
+        wblocks = weights.reshape(-1, elems)
     lead = arr.shape[:-1]
-    blocks = src.reshape(-1, elems)
+    blocks = arr.reshape(-1, elems)  # a view for contiguous input; a copy only for strided input
     total = blocks.shape[0]
     out = np.empty((total, nbytes), dtype=np.uint8)
-    wblocks = None if weights is None else weights.reshape(-1, elems)
     per_row = n // elems if n else 1
-    step = _chunk_blocks(total, elems)
+    step = max(1, CHUNK_VALUES // elems)
     if wblocks is not None:
         step = max(per_row, step // per_row * per_row)  # chunks start at a row boundary
-    for s in range(0, total, step):
-        e = min(total, s + step)
+    for s, e in _chunks(total, step):
+        chunk = np.ascontiguousarray(blocks[s:e], dtype=np.float32)
+        if codec.finite_only and not np.isfinite(chunk).all():
+            bad = s * elems + int(np.flatnonzero(~np.isfinite(chunk.reshape(-1)))[0])
+            raise CodecError(f"{qt.name}: input has a non-finite value (first at flat index {bad})")
         w = None
         if wblocks is not None:
             w = np.tile(wblocks, ((e - s) // per_row, 1))
         extra = {"row_blocks": per_row} if codec.row_stats and w is not None else {}
-        out[s:e] = codec.encode(blocks[s:e], mode=mode, weights=w, **extra)
+        out[s:e] = codec.encode(chunk, mode=mode, weights=w, **extra)
     return out.reshape(*lead, n // elems * nbytes)
 
 
@@ -160,13 +163,12 @@ def dequantize(data, qtype: QTypeLike) -> np.ndarray:
     total = blocks.shape[0]
     out = np.empty((total, elems), dtype=np.float32)
     step = max(1, (codec.decode_chunk_values or CHUNK_VALUES) // elems)
-    for s in range(0, total, step):
-        e = min(total, s + step)
+    for s, e in _chunks(total, step):
         out[s:e] = codec.decode(blocks[s:e])
     return out.reshape(*lead, m // nbytes * elems)
 
 
-# The families, in id order of their first member. Each module calls register() on import.
+# The explicit list of codec families. Each module calls register() on import.
 from . import floats  # noqa: E402,F401
 from . import kquants  # noqa: E402,F401
 from . import iquants  # noqa: E402,F401
