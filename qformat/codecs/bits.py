@@ -1,10 +1,12 @@
 """Bit-level helpers shared by the block codecs: fp16 fields, nibble planes, k-quant 6-bit scales.
 
-Every function here is a pure re-arrangement of bits (or ggml's exact fp32 -> fp16 rounding), so
+Every function here is a pure re-arrangement of bits (or ggml's exact fp16 conversions), so
 codecs built from them stay byte-identical to ggml. Layout rules they implement:
 
 * fp16 fields are IEEE binary16, little-endian. ggml rounds fp32 -> fp16 to nearest, ties to even;
-  values past the fp16 range become +-inf and a NaN becomes the quiet NaN ``0x7E00`` with its sign.
+  values past the fp16 range become +-inf and a NaN becomes the quiet NaN ``0x7E00`` with its sign;
+  fp16 -> fp32 is exact, except that a signalling NaN comes back quiet. Both directions are
+  :mod:`qformat.codecs.floats`'s converters, re-exported here.
 * k-quant nibble planes (Q4_K, Q5_K): a super-block's 256 codes are stored in chunks of 64; byte
   ``j`` (0..31) of chunk ``c`` holds code ``64c + j`` in its LOW nibble and ``64c + 32 + j`` in its
   HIGH nibble.
@@ -19,42 +21,20 @@ from __future__ import annotations
 
 import numpy as np
 
-_U32 = np.uint32
-
+from .floats import decode_fp16, fp32_to_fp16_bits  # re-exported: the codecs' one fp16 converter pair
 
 # --- fp16 -----------------------------------------------------------------------------------
+# One converter pair serves every codec: ``qformat.codecs.floats`` owns ggml's fp32 <-> fp16
+# conversions (round to nearest even, NaN -> sign | 0x7E00; fp16 -> fp32 through a table built
+# from ggml's rule, which quiets signalling NaNs where numpy's float16 cast does not).
 
-def fp32_to_fp16_bits(x: np.ndarray) -> np.ndarray:
-    """ggml's ``GGML_FP32_TO_FP16`` on float32 values -> uint16 bit patterns.
-
-    Mirrors ggml's portable routine (scale to push the rounding bit into place, add a bias whose
-    exponent selects the fp16 grid, read the bits back) so NaN payloads and overflow behave as in C.
-    """
-    f = np.ascontiguousarray(x, dtype=np.float32)
-    with np.errstate(over="ignore", invalid="ignore"):
-        base = (np.abs(f) * np.float32(2.0**112)) * np.float32(2.0**-110)
-    w = f.view(_U32)
-    shl1_w = (w + w).astype(_U32)  # wraps mod 2^32 like C's uint32_t
-    sign = w & _U32(0x80000000)
-    bias = np.maximum(shl1_w & _U32(0xFF000000), _U32(0x71000000))
-    base = ((bias >> _U32(1)) + _U32(0x07800000)).view(np.float32) + base
-    bits = base.view(_U32)
-    exp_bits = (bits >> _U32(13)) & _U32(0x00007C00)
-    mantissa_bits = bits & _U32(0x00000FFF)
-    nonsign = exp_bits + mantissa_bits
-    out = (sign >> _U32(16)) | np.where(shl1_w > _U32(0xFF000000), _U32(0x7E00), nonsign)
-    return out.astype(np.uint16)
-
-
-def fp16_bits_to_fp32(h: np.ndarray) -> np.ndarray:
-    """uint16 fp16 bit patterns -> float32 (exact; every fp16 value is a float32 value)."""
-    return np.ascontiguousarray(h, dtype=np.uint16).view(np.float16).astype(np.float32)
+#: the name the block codecs use for :func:`~qformat.codecs.floats.decode_fp16`
+fp16_bits_to_fp32 = decode_fp16
 
 
 def read_fp16(blocks: np.ndarray, offset: int) -> np.ndarray:
     """The little-endian fp16 field at byte ``offset`` of each block row, as float32 ``(nblocks,)``."""
-    raw = np.ascontiguousarray(blocks[:, offset:offset + 2])
-    return raw.view("<f2").reshape(-1).astype(np.float32)
+    return decode_fp16(np.ascontiguousarray(blocks[:, offset:offset + 2]).view("<u2").reshape(-1))
 
 
 def write_fp16(out: np.ndarray, offset: int, value_bits: np.ndarray) -> None:
