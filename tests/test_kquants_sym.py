@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 import qformat
 from qformat.codecs import kquants_sym as ks
 from qformat.errors import CodecError, QFormatError
-from qformat.search.ggml_sym import make_q3_quants, make_qx_quants, sequential_sum
+from qformat.search.ggml import make_q3_quants, make_qx_quants, seqsum
 from qformat.types import BLOCK, QType
 
 SYM = [QType.Q3_K, QType.Q6_K, QType.Q8_K]
@@ -170,10 +170,10 @@ def test_overflowing_squares_match_ggml(ggml_ref, qt, scale):
 def test_sequential_sum_is_c_order_and_positive_zero_start():
     # float32 sums are order dependent: 1e8 + 1 - 1e8 loses the 1 left to right, keeps it pairwise
     t = np.array([[1e8], [1.0], [-1e8], [1.0]], dtype=np.float32)
-    assert sequential_sum(t)[0] == np.float32(1.0)
+    assert seqsum(t)[0] == np.float32(1.0)
     # C's `float s = 0; s += -0.0f; ...` is +0.0 (a sum started from its first term would be -0.0)
     for cols in (1, 5):
-        assert not np.signbit(sequential_sum(np.full((4, cols), -0.0, dtype=np.float32))).any()
+        assert not np.signbit(seqsum(np.full((4, cols), -0.0, dtype=np.float32))).any()
 
 
 @pytest.mark.parametrize("cols", [1, 2, 3, 17, 4096])
@@ -184,7 +184,7 @@ def test_sequential_sum_fast_path_is_left_to_right(cols):
     acc = np.zeros(cols, dtype=np.float32)
     for row in t:
         acc = acc + row
-    assert np.array_equal(sequential_sum(t).view(np.uint32), acc.view(np.uint32))
+    assert np.array_equal(seqsum(t).view(np.uint32), acc.view(np.uint32))
 
 
 def test_make_qx_quants_zero_group_and_levels_range():

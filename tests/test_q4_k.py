@@ -318,9 +318,15 @@ def test_nearest_int_is_round_half_even_in_range(seed):
 @SETTINGS
 @given(st.integers(1, 40), st.integers(1, 70), st.integers(0, 2**32 - 1))
 def test_seqsum_adds_left_to_right(rows, cols, seed):
+    """Both C loop forms: ``s = 0; s += t[i]`` (default) and ``s = t[0]; s += t[i], i >= 1``."""
     rng = np.random.default_rng(seed)
     a = (rng.standard_normal((rows, cols)) * np.exp(rng.standard_normal((rows, cols)) * 8)).astype(np.float32)
+    a[:, rng.random(cols) < 0.2] = -0.0  # columns of only -0.0: the one place the two forms differ
     acc = a[0].copy()
     for i in range(1, rows):
+        acc = (acc + a[i]).astype(np.float32)
+    assert np.array_equal(bits32(seqsum(a, from_first=True)), bits32(acc))
+    acc = np.zeros(cols, np.float32)
+    for i in range(rows):
         acc = (acc + a[i]).astype(np.float32)
     assert np.array_equal(bits32(seqsum(a)), bits32(acc))

@@ -23,7 +23,7 @@ Encoding (mode ``"ggml"``) MUST be byte-identical to ggml: without weights to
 ``quantize_row_<t>_ref`` (what ``ggml_quantize_chunk`` runs without an imatrix), with weights to the
 weighted ``quantize_row_<t>_impl`` paths of ``quantize_q3_K``/``quantize_q6_K``. Q8_K's encoder takes no
 weights. Every step is float32 and vectorized over blocks; the per-element loops run over the 16
-positions of a sub-block (see ``qformat/search/ggml_sym.py`` for the exactness rules).
+positions of a sub-block (see ``qformat/search/ggml.py`` for the exactness rules).
 """
 from __future__ import annotations
 
@@ -31,11 +31,10 @@ from typing import Optional
 
 import numpy as np
 
-from ..search.ggml_sym import (GROUP_MAX_EPS, first_absmax, make_q3_quants, make_qx_quants, nearest_int,
-                               sequential_sum)
+from ..search.ggml import GROUP_MAX_EPS, first_absmax, make_q3_quants, make_qx_quants, nearest_int, seqsum
 from ..types import BLOCK, QType
 from . import Codec, register
-from .bits import fp16_bits_to_fp32, fp32_to_fp16_bits, read_fp16, write_fp16
+from .bits import decode_fp16, fp32_to_fp16_bits, read_fp16, write_fp16
 
 _F32 = np.float32
 QK_K = 256
@@ -152,7 +151,7 @@ def q3_k_decode(blocks: np.ndarray) -> np.ndarray:
 def _q3_finish(xt: np.ndarray, levels_t: np.ndarray, scale_codes: np.ndarray, d: np.ndarray) -> np.ndarray:
     """Store the scale codes, take d to fp16, re-round against ``fp16(d) * (code - 32)``, pack."""
     d_bits = fp32_to_fp16_bits(d)
-    d_sub = fp16_bits_to_fp32(d_bits)[:, None] * (scale_codes.astype(np.int32) - 32).astype(np.float32)
+    d_sub = decode_fp16(d_bits)[:, None] * (scale_codes.astype(np.int32) - 32).astype(np.float32)
     levels = _requantize(xt, levels_t, d_sub, 4)
     return q3_k_pack(levels, scale_codes, d_bits)
 
@@ -177,11 +176,11 @@ def _q3_k_encode_weighted(x: np.ndarray, qw: np.ndarray) -> np.ndarray:
     """``quantize_row_q3_K_impl`` with importance weights ``qw`` (same shape as ``x``)."""
     nb = x.shape[0]
     xt_block = np.ascontiguousarray(x.T)  # (256, nb): sum x*x over the block, left to right
-    sigma2 = (_F32(2.0) * sequential_sum(xt_block * xt_block)) / _F32(QK_K)
+    sigma2 = (_F32(2.0) * seqsum(xt_block * xt_block)) / _F32(QK_K)
     xt = _subblocks_t(x)
     sigma_sub = np.repeat(sigma2, _NSUB)[None, :]  # (1, nb*16)
     weight = _subblocks_t(qw) * np.sqrt(sigma_sub + xt * xt)
-    sw = sequential_sum(weight)  # (nb*16,)
+    sw = seqsum(weight)  # (nb*16,)
     scales_t, levels_t = make_qx_quants(xt, 4, weight)
     # the 16 sub-block scales of a block are themselves quantized with make_qx_quants(nmax=32)
     d_block, codes_t = make_qx_quants(
@@ -272,7 +271,7 @@ def q6_k_encode(x: np.ndarray, *, mode: str = "ggml", weights: Optional[np.ndarr
     d_bits = fp32_to_fp16_bits(_F32(1.0) / iscale)
     # ggml stores MIN(127, nearest_int(...)) into an int8; the lower end is -128 by construction
     sc = np.minimum(nearest_int(iscale[:, None] * scales), 127).astype(np.int8)
-    d_sub = fp16_bits_to_fp32(d_bits)[:, None] * sc.astype(np.float32)
+    d_sub = decode_fp16(d_bits)[:, None] * sc.astype(np.float32)
     levels = _requantize(xt, levels_t, d_sub, 32)
     out = q6_k_pack(levels, sc, d_bits)
     out[~live] = 0

@@ -49,8 +49,7 @@ import numpy as np
 from ..types import QType
 from . import Codec, register
 from .floats import decode_fp16, fp32_to_fp16_bits
-from ..search.ggml import make_qkx3_quants
-from ..search.ggml_sym import make_qx_quants
+from ..search.ggml import make_qkx3_quants, make_qx_quants
 
 f32 = np.float32
 

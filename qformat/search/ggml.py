@@ -1,17 +1,30 @@
 """Bit-exact, vectorized ports of the parameter searches in ggml's ``ggml-quants.c``.
 
-Each function handles many groups at once: a group's values run down the leading axis, groups
-across the trailing axis (see :mod:`qformat.search`). To reproduce ggml's bytes the ports MUST:
+Two families of search live here:
 
-* compute every intermediate in float32, in ggml's operation order (``a*b*c`` is ``(a*b)*c``;
-  ``w*d*d`` and ``w*(d*d)`` round differently, and ggml uses both);
-* sum a group sequentially from its first value (:func:`seqsum`), never pairwise;
+* scale + min (``x ~= scale * code - min`` with unsigned codes; Q2_K, Q4_K, Q5_K, Q4_1, Q5_1):
+  :func:`make_qkx2_quants`, :func:`make_qkx3_quants`, and :func:`make_qp_quants` for quantizing a
+  super-block's sub-scales;
+* symmetric (``x ~= d * q`` with a signed ``q``, no min; Q3_K, Q6_K, Q4_0...): :func:`make_qx_quants`
+  and :func:`make_q3_quants`.
+
+Each function handles many groups at once: a group's values run down the leading axis, groups
+across the trailing axis (see :mod:`qformat.search`), so each sequential step of ggml's loops is
+one vectorized operation over all groups. To reproduce ggml's bytes the ports MUST:
+
+* compute every intermediate in float32, constants included (``0.1f``, ``-nmax``), in ggml's
+  operation order (``a*b*c`` is ``(a*b)*c``; ``w*d*d`` and ``w*(d*d)`` round differently, and ggml
+  uses both);
+* sum a group one value after another (:func:`seqsum`), never pairwise, and start where the C loop
+  starts: from ``+0.0`` (``float s = 0``; a sum of only ``-0.0`` terms is then ``+0.0``) or, where
+  ggml initialises the sum with the first term, from that term (``from_first=True``);
 * round with :func:`nearest_int`, ggml's float trick (ties to even), including its behaviour on
   values it was never meant to see (huge, inf, NaN), since the encoders MUST accept any finite input;
+* take the *first* extreme value where ggml scans with a strict ``<``/``>``;
 * emulate C's integer conversions: a code stored into a ``uint8_t`` wraps modulo 256.
 
-Scales and mins are returned as float32 arrays of shape ``(ngroups,)``, codes as uint8
-``(group_len, ngroups)``.
+The scale + min searches return scales and mins as float32 ``(ngroups,)`` and codes as uint8
+``(group_len, ngroups)``; the symmetric ones return ``(scale, levels int32 (group_len, ngroups))``.
 """
 from __future__ import annotations
 
@@ -52,19 +65,31 @@ def nearest_int(v: np.ndarray) -> np.ndarray:
     return (i & 0x007FFFFF) - 0x00400000
 
 
-def seqsum(a: np.ndarray) -> np.ndarray:
+def seqsum(a: np.ndarray, *, from_first: bool = False) -> np.ndarray:
     """Sum over the leading axis one value after another, in float32 (ggml's ``for`` loop order).
 
-    ``np.add.reduce`` over axis 0 of a C-contiguous 2-D array adds row by row (sequential per
-    column); numpy only switches to pairwise summation when the reduced axis is the innermost one,
-    which happens when there is a single column, so that case is summed explicitly.
+    By default this is C's ``float s = 0; for (...) s += t;`` to the bit; with ``from_first`` it is
+    ``float s = t[0]; for (i = 1; ...) s += t[i];``. The two differ only in the sign of a sum of
+    nothing but ``-0.0`` terms (``+0.0`` from zero, ``-0.0`` from the first term), a sign that can
+    survive into an fp16 scale byte. ``np.add.reduce`` over axis 0 of a C-contiguous 2-D array adds
+    row by row from ``+0.0`` (sequential per column); numpy only switches to pairwise summation
+    when the reduced axis is the innermost one, which happens with a single column, so that case is
+    summed explicitly. ``tests/test_q4_k.py`` and ``tests/test_kquants_sym.py`` check both forms.
     """
     a = np.ascontiguousarray(a, dtype=np.float32)
     if a.ndim == 2 and a.shape[1] >= 2:
-        return np.add.reduce(a, axis=0)
-    acc = a[0].copy()
-    for i in range(1, a.shape[0]):
-        acc += a[i]
+        acc = np.add.reduce(a, axis=0, initial=f32(0))
+    else:
+        acc = np.zeros(a.shape[1:], dtype=np.float32)
+        for t in a:
+            acc = acc + t
+    if from_first:
+        # s + t is -0.0 only when both are -0.0, so the two forms differ exactly where every term
+        # is -0.0: there the sum from the first term is -0.0, the one from zero +0.0
+        zero = acc == 0
+        if np.any(zero):
+            neg_zero = ((a == 0) & np.signbit(a)).all(axis=0)
+            acc = np.where(neg_zero, f32(-0.0), acc).astype(np.float32)
     return acc
 
 
@@ -138,8 +163,8 @@ def _make_qkx_quants(x: np.ndarray, w: np.ndarray, nmax: int, rmin: float, rdelt
     # the FIRST smallest value, as C's strict '<' scan keeps it: its zero sign reaches a flat group's min
     vmin = x[np.argmin(x, axis=0), np.arange(x.shape[1])]
     vmax = x.max(axis=0)
-    sum_w = seqsum(w)
-    sum_x = seqsum(w * x)
+    sum_w = seqsum(w, from_first=True)  # ggml starts these two from the first value, not from 0
+    sum_x = seqsum(w * x, from_first=True)
     vmin = np.where(vmin > 0, f32(0), vmin)
     flat = vmax == vmin
     fmax = f32(nmax)
@@ -277,3 +302,162 @@ def make_qp_quants(x: np.ndarray, nmax: int, quant_weights: np.ndarray):
         codes[:, zero] = 0
         result = np.where(zero, f32(0), result)
     return codes, result
+
+
+# ==== symmetric searches: x ~= d * q, signed q in [-nmax, nmax - 1], no min ===========================
+#
+# * make_qx_quants (``rmse_type == 1``): start from ``d = max / -nmax`` (``max`` = the value of largest
+#   magnitude, so it maps to ``-nmax``, the end of the range without a positive twin), round, refit
+#   ``d = sum(w x l) / sum(w l l)``; try 18 more starting points ``-(nmax + 0.1 * is) / max`` for
+#   ``is`` in ``-9..9`` (skipping 0) and keep each one whose weighted error is strictly lower
+#   (compared as ``sumlx^2 / suml2``, larger is better). Weights ``x*x`` or the caller's.
+# * make_q3_quants (``do_rmse``): one rounding at ``d = max / -nmax``, then up to 5 passes of
+#   coordinate descent: each element in turn is re-rounded against the refit scale of the others
+#   and the change kept when the weighted error (weights ``x*x``) strictly drops.
+# A group whose largest magnitude is below GROUP_MAX_EPS gets scale 0 and all-zero levels (not the
+# mid level), as ggml writes them.
+
+
+def first_absmax(a: np.ndarray, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(signed value, magnitude) of the first element of largest magnitude along ``axis``, C-style.
+
+    ggml scans ``if (fabsf(v) > amax) { amax = fabsf(v); max = v; }`` from ``amax = max = 0``: the
+    first maximum wins, a NaN never wins (every comparison with it is false), and a group with
+    nothing above zero reports ``(+0.0, 0.0)``.
+    """
+    a = np.asarray(a, dtype=np.float32)
+    if axis == 0 and a.shape[0] <= 64:
+        # the C scan itself, vectorized across the groups (argmax down a strided axis is slower)
+        amax = np.zeros(a.shape[1:], dtype=np.float32)
+        vmax = np.zeros(a.shape[1:], dtype=np.float32)
+        for row in a:
+            ax = np.abs(row)
+            gt = ax > amax
+            amax = np.where(gt, ax, amax)
+            vmax = np.where(gt, row, vmax)
+        return vmax, amax
+    ax = np.abs(a)
+    ax = np.where(ax > 0, ax, f32(0.0))  # NaN and -0.0 lose to everything, as in the C scan
+    idx = np.expand_dims(np.argmax(ax, axis=axis), axis)  # argmax returns the first maximum
+    mag = np.take_along_axis(ax, idx, axis=axis).squeeze(axis)
+    val = np.take_along_axis(a, idx, axis=axis).squeeze(axis)
+    return np.where(mag > 0, val, f32(0.0)).astype(np.float32), mag.astype(np.float32)
+
+
+def _clamp_signed(l: np.ndarray, nmax: int) -> np.ndarray:
+    return np.minimum(np.maximum(l, -nmax), nmax - 1)
+
+
+def make_qx_quants(xt: np.ndarray, nmax: int, weights: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray]:
+    """ggml's ``make_qx_quants(n, nmax, x, L, rmse_type=1, qw)`` for every column of ``xt``.
+
+    ``xt``: float32 ``(n, m)``, one group per column; ``weights``: same shape or ``None`` (then
+    ``x*x``). Returns ``(scale float32 (m,), levels int32 (n, m))`` with levels in
+    ``[0, 2*nmax - 1]`` (stored offset by ``nmax``), or all 0 for a group below ``GROUP_MAX_EPS``.
+    """
+    xt = np.asarray(xt, dtype=np.float32)
+    vmax, amax = first_absmax(xt)
+    live = amax >= GROUP_MAX_EPS
+    safe_max = np.where(live, vmax, f32(1.0))  # dead groups get a harmless divisor; masked at the end
+    w = xt * xt if weights is None else np.asarray(weights, dtype=np.float32)
+    wx = w * xt
+
+    lf = np.empty_like(xt)
+    term = np.empty_like(xt)
+
+    # For finite x, |iscale * x| <= nmax + 1 by construction (|x| <= |max|), far below 2**22, so
+    # rounding in the float domain, (v + 1.5*2**23) - 1.5*2**23, is exactly nearest_int(v) and
+    # saves the round trip through int32. Inputs that are themselves computed (Q3_K quantizes its
+    # sub-block scales, which overflowing data can turn into inf/NaN) take the exact C trick.
+    float_round = bool(np.isfinite(xt).all())
+
+    def fit(iscale):
+        np.multiply(iscale, xt, out=lf)
+        if float_round:
+            np.add(lf, _ROUND_MAGIC, out=lf)
+            np.subtract(lf, _ROUND_MAGIC, out=lf)
+            np.clip(lf, f32(-nmax), f32(nmax - 1), out=lf)
+        else:
+            lf[...] = _clamp_signed(nearest_int(lf), nmax)
+        sumlx = seqsum(np.multiply(wx, lf, out=term))
+        np.multiply(w, lf, out=term)
+        np.multiply(term, lf, out=term)
+        return sumlx, seqsum(term)
+
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        best_iscale = f32(-nmax) / safe_max
+        sumlx, suml2 = fit(best_iscale)
+        scale = np.where(suml2 != 0, sumlx / suml2, f32(0.0)).astype(np.float32)
+        best = scale * sumlx
+        for step in range(-9, 10):
+            if step == 0:
+                continue
+            iscale = -(f32(nmax) + f32(0.1) * f32(step)) / safe_max
+            sumlx, suml2 = fit(iscale)
+            better = (suml2 > 0) & (sumlx * sumlx > best * suml2)
+            if better.any():
+                # remember the winning inverse scale, not its levels: the levels are a pure function
+                # of it and are rebuilt once at the end (copying (n, m) levels per step costs more)
+                best_iscale = np.where(better, iscale, best_iscale)
+                new_scale = sumlx / suml2
+                scale = np.where(better, new_scale, scale)
+                best = np.where(better, new_scale * sumlx, best)
+        fit(best_iscale)
+    np.add(lf, f32(nmax), out=lf)
+    levels = lf.astype(np.int32)
+    if not live.all():
+        levels[:, ~live] = 0
+    scale = np.where(live, scale, f32(0.0)).astype(np.float32)
+    return scale, levels
+
+
+def make_q3_quants(xt: np.ndarray, nmax: int) -> tuple[np.ndarray, np.ndarray]:
+    """ggml's ``make_q3_quants(n, nmax, x, L, do_rmse=true)`` for every column of ``xt`` (float32 ``(n, m)``).
+
+    Returns ``(scale float32 (m,), levels int32 (n, m))``, levels offset by ``nmax`` into
+    ``[0, 2*nmax - 1]`` (all 0 for a group below ``GROUP_MAX_EPS``).
+    """
+    xt = np.asarray(xt, dtype=np.float32)
+    n, m = xt.shape
+    vmax, amax = first_absmax(xt)
+    live = amax >= GROUP_MAX_EPS
+    safe_max = np.where(live, vmax, f32(1.0))
+    iscale = f32(-nmax) / safe_max
+    lv = _clamp_signed(nearest_int(iscale * xt), nmax).astype(np.float32)  # signed levels, as floats
+    w = xt * xt
+    wx = w * xt
+    sumlx = seqsum(wx * lv)
+    suml2 = seqsum(w * lv * lv)
+    cols = np.flatnonzero(live)  # groups still descending; a pass without a change retires a group
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        for _ in range(5):
+            if cols.size == 0:
+                break
+            if cols.size == m:  # typically the first pass: work in place, no gather
+                x_a, w_a, wx_a, l_a, slx_a, sl2_a = xt, w, wx, lv, sumlx, suml2
+            else:  # later passes touch only the few groups that changed in the previous one
+                x_a, w_a, wx_a, l_a = xt[:, cols], w[:, cols], wx[:, cols], lv[:, cols]
+                slx_a, sl2_a = sumlx[cols], suml2[cols]
+            changed = np.zeros(cols.size, dtype=bool)
+            for i in range(n):
+                li = l_a[i]
+                slx = slx_a - wx_a[i] * li
+                sl2 = sl2_a - w_a[i] * li * li
+                # x*sl2/slx can be huge or NaN here, so the exact C rounding trick is kept
+                new_l = _clamp_signed(nearest_int(x_a[i] * sl2 / slx), nmax).astype(np.float32)
+                slx_new = slx + wx_a[i] * new_l
+                sl2_new = sl2 + w_a[i] * new_l * new_l
+                take = (slx > 0) & (new_l != li) & (sl2_new > 0)
+                take &= slx_new * slx_new * sl2_a > slx_a * slx_a * sl2_new
+                l_a[i] = np.where(take, new_l, li)
+                slx_a = np.where(take, slx_new, slx_a)
+                sl2_a = np.where(take, sl2_new, sl2_a)
+                changed |= take
+            lv[:, cols] = l_a
+            sumlx[cols] = slx_a
+            suml2[cols] = sl2_a
+            cols = cols[changed]
+        scale = np.where(suml2 > 0, sumlx / suml2, f32(0.0)).astype(np.float32)
+    scale = np.where(live, scale, f32(0.0)).astype(np.float32)
+    levels = np.where(live, lv.astype(np.int32) + nmax, 0)
+    return scale, levels
