@@ -29,6 +29,7 @@ _EPILOG_ENCODE = """examples:
   qformat encode model.safetensors -o model-q4k.gguf --type Q4_K
   qformat encode model-f16.gguf -o model-q4km.gguf --type Q4_K_M --keep-metadata
   qformat encode weights.npz -o out.gguf --type Q8_0 --rule 'attn_v=Q6_K' --rule 'embed=F16'
+  qformat encode model-f16.gguf -o model-q4km.gguf --type Q4_K_M --imatrix imatrix.gguf --mode best
 """
 _EPILOG_INSPECT = """examples:
   qformat inspect model.gguf
@@ -74,7 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="type for tensors whose name matches REGEX (first matching rule wins; repeatable)")
     e.add_argument("--keep-metadata", action="store_true", help="copy the metadata of a .gguf source")
     e.add_argument("-f", "--force", action="store_true", help="replace an existing output file")
-    # hook: `--imatrix FILE` (llama-imatrix data) is added here; encode_file(imatrix=...) takes it
+    e.add_argument("--imatrix", metavar="FILE",
+                   help="importance matrix from llama-imatrix (GGUF or legacy .dat), used by the types "
+                        "whose encoder takes one (k-quants, Q4_0..Q5_1, IQ4_NL/IQ4_XS)")
+    e.add_argument("--mode", choices=("ggml", "best"), default="ggml",
+                   help="ggml: byte-identical to ggml's encoder (default); best: a search for lower "
+                        "error where the type offers one (others use ggml's, with a note)")
     e.set_defaults(func=cmd_encode)
 
     i = sub.add_parser("inspect", parents=[common], help="show a GGUF file's header, metadata and tensors",
@@ -134,17 +140,20 @@ def cmd_encode(args) -> int:
     step, done = _progress(args, total)
     try:
         res = encode_file(args.source, args.output, args.type, rules=args.rule, keep_metadata=args.keep_metadata,
-                          force=args.force, progress=step)
+                          force=args.force, imatrix=args.imatrix, mode=args.mode, progress=step)
     finally:
         done()
-    for t in res.fallbacks:
-        for f in t.fallbacks:
+    for t in res.tensors:
+        for f in t.fallbacks + t.notes:
             print(f"note: {t.name}: {f}", file=sys.stderr)
     if not args.quiet:
         n_in = sum(math.prod(t.shape) for t in res.tensors)
+        extra = f", mode {res.mode}" if res.mode != "ggml" else ""
+        if res.imatrix:
+            extra += f", imatrix used for {res.n_weighted} tensor(s)"
         print(f"wrote {res.path}: {len(res.tensors)} tensors, {res.nbytes:,} bytes of tensor data "
               f"({8 * res.nbytes / max(n_in, 1):.3f} bits per weight), target {res.target.name}, "
-              f"{len(res.fallbacks)} fallback(s)")
+              f"{len(res.fallbacks)} fallback(s){extra}")
         _print_table(res)
     return EXIT_OK
 

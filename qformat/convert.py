@@ -14,9 +14,30 @@ round-trip statistics in the output's metadata (layout: :mod:`qformat.stats`). R
 * The output MUST NOT be the source (compared with ``os.path.samefile`` and resolved paths), MUST
   end in ``.gguf``, and an existing output is replaced only with ``force=True``.
 * Keys written: ``general.quantization_version`` = 2, ``general.file_type`` (llama.cpp's ftype for
-  the target, when it has one), ``qformat.stats.*``; with ``keep_metadata`` (GGUF sources only)
-  every source key is copied with its exact type first, except ``qformat.*`` (stale statistics) and
-  the ``split.*`` keys (llama-quantize drops them too).
+  the target, when it has one), ``qformat.stats.*``; with an imatrix read from a file, the keys
+  llama-quantize writes: ``quantize.imatrix.file`` (the path as given), ``quantize.imatrix.dataset``
+  (a string; an array of strings when the file names several), ``quantize.imatrix.entries_count``
+  and ``quantize.imatrix.chunks_count`` (INT32; the latter only when the file records it). With
+  ``keep_metadata`` (GGUF sources only) every source key is copied with its exact type first,
+  except ``qformat.*`` (stale statistics), ``quantize.imatrix.*`` (they describe an earlier
+  quantization) and the ``split.*`` keys (llama-quantize drops them too).
+
+Importance matrix (``imatrix=``: a llama.cpp imatrix file of either format, read with
+:func:`qformat.imatrix.load`, or a mapping ``{tensor name: weights}``), with llama-quantize's rules:
+
+* an entry is matched to a tensor by exact name; it MUST hold ``n_cols`` values, or
+  ``n_cols * n_experts`` for a 3-D expert tensor ``(n_experts, rows, n_cols)`` -- expert ``k`` is
+  then encoded with its own vector (:func:`qformat.imatrix.weights_for`). Any other length is an
+  error raised before anything is written, except for ``token_embd.weight``, which llama-quantize
+  also encodes without weights (with a note), since imatrix runs never collect it properly;
+* it is used only where the chosen type's encoder takes weights (``codec.weighted``); other types
+  ignore it. A tensor encoded by a weighted type without an entry gets a note (llama-quantize
+  prints "did not find weights" likewise) and is encoded unweighted.
+
+Mode (``mode=``): ``"ggml"`` (default) encodes byte-identically to ggml's reference; ``"best"``
+uses the lower-error search where the chosen type's codec offers it (``codec.modes``) and ggml's
+encoder otherwise, with a note for block types (the plain float types have a single, exact
+rounding, so they get none).
 
 ``describe(path)`` is the data shown by ``qformat inspect`` (its JSON schema is documented in the
 README section "inspect --json schema"); it reads only the header, so it works for every valid GGUF
@@ -33,7 +54,8 @@ from typing import Any, Callable, Mapping, Optional, Sequence, Union
 import numpy as np
 
 from .codecs import can_decode, get_codec
-from .errors import OutputConflict, QFormatError, SourceError, UnsupportedSource
+from .errors import ImatrixMismatch, OutputConflict, QFormatError, SourceError, UnsupportedSource
+from .imatrix import ImatrixFile, load_file as load_imatrix_file, weights_for
 from .mixes import QUANTIZATION_VERSION, Choice, Planner, Target, parse_rule
 from .sources import Source, atomic_write, open_source, write_safetensors
 from .stats import NAMESPACE, RoundTripStats
@@ -43,6 +65,10 @@ PathLike = Union[str, os.PathLike]
 
 _FLOAT_QTYPES = (QType.F32, QType.F16, QType.BF16, QType.F64)
 _INT_QTYPES = (QType.I8, QType.I16, QType.I32, QType.I64)
+#: the encoding modes a user can ask for (each codec offers a subset, always including "ggml")
+MODES = ("ggml", "best")
+#: llama.cpp never collects useful statistics for the token embeddings; a mismatched entry is skipped
+_IMATRIX_EXEMPT = "token_embd.weight"
 _INT_DTYPES = {"I8": QType.I8, "I16": QType.I16, "I32": QType.I32, "I64": QType.I64,
                "int8": QType.I8, "int16": QType.I16, "int32": QType.I32, "int64": QType.I64}
 
@@ -59,6 +85,12 @@ class EncodedTensor:
     nbytes: int
     stats: Optional[RoundTripStats]
     copied: bool = False
+    #: the mode the tensor was encoded in ("ggml" or "best")
+    mode: str = "ggml"
+    #: whether importance weights were used for it
+    weighted: bool = False
+    #: why it was not encoded as asked (mode fallback, imatrix entry missing or skipped)
+    notes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -67,6 +99,11 @@ class EncodeResult:
     source: str
     target: Target
     tensors: list[EncodedTensor] = field(default_factory=list)
+    mode: str = "ggml"
+    #: whether an importance matrix was given
+    imatrix: bool = False
+    #: tensors a weighted type encoded without an imatrix entry (none found for their name)
+    imatrix_missing: list[str] = field(default_factory=list)
 
     @property
     def fallbacks(self) -> list[EncodedTensor]:
@@ -75,6 +112,11 @@ class EncodeResult:
     @property
     def nbytes(self) -> int:
         return sum(t.nbytes for t in self.tensors)
+
+    @property
+    def n_weighted(self) -> int:
+        """Tensors encoded with importance weights."""
+        return sum(t.weighted for t in self.tensors)
 
 
 def _check_paths(src: str, out: str, force: bool) -> None:
@@ -105,11 +147,15 @@ def _kind(src: Source, name: str) -> str:
     return "float"
 
 
-def _output_metadata(src: Source, target: Target, keep: bool) -> dict[str, Any]:
+_IMATRIX_KEYS = "quantize.imatrix."
+
+
+def _output_metadata(src: Source, target: Target, keep: bool,
+                     imatrix: Optional[tuple[str, ImatrixFile]]) -> dict[str, Any]:
     meta: dict[str, Any] = {}
     if keep:
         for key, tv in src.gguf.typed_metadata().items():
-            if key.startswith(NAMESPACE) or key.startswith("split."):
+            if key.startswith((NAMESPACE, "split.", _IMATRIX_KEYS)):
                 continue
             meta[key] = tv
     meta["general.quantization_version"] = np.uint32(QUANTIZATION_VERSION)
@@ -117,25 +163,87 @@ def _output_metadata(src: Source, target: Target, keep: bool) -> dict[str, Any]:
         meta["general.file_type"] = np.uint32(target.ftype)
     elif "general.file_type" in meta:
         del meta["general.file_type"]  # the source's no longer describes the output
+    if imatrix is not None:  # what llama-quantize records about the imatrix it used
+        path, f = imatrix
+        meta[_IMATRIX_KEYS + "file"] = path
+        if f.datasets:
+            meta[_IMATRIX_KEYS + "dataset"] = f.datasets[0] if len(f.datasets) == 1 else list(f.datasets)
+        meta[_IMATRIX_KEYS + "entries_count"] = np.int32(len(f.weights))
+        if f.chunk_count is not None:
+            meta[_IMATRIX_KEYS + "chunks_count"] = np.int32(f.chunk_count)
     return meta
+
+
+@dataclass
+class _TensorPlan:
+    """How one planned tensor is encoded: its type choice, mode, weights and notes."""
+
+    choice: Choice
+    mode: str = "ggml"
+    weights: Optional[np.ndarray] = None
+    notes: list[str] = field(default_factory=list)
+    missing: bool = False
+
+
+def _plan_encoding(choice: Choice, shape: tuple, mode: str,
+                   imatrix: Optional[Mapping[str, np.ndarray]]) -> _TensorPlan:
+    """Mode and importance weights for one tensor (rules: module docstring); raises on a bad entry."""
+    tp = _TensorPlan(choice)
+    if choice.copy:
+        return tp
+    codec = get_codec(choice.qtype)
+    if mode in codec.modes:
+        tp.mode = mode
+    elif choice.qtype not in _FLOAT_QTYPES:
+        tp.notes.append(f"{choice.qtype.name} has no {mode!r} mode; encoded in 'ggml' mode")
+    if imatrix is not None and codec.weighted:
+        try:
+            tp.weights = weights_for(imatrix, choice.name, shape)
+        except ImatrixMismatch as e:
+            if choice.name != _IMATRIX_EXEMPT:
+                raise
+            tp.notes.append(f"imatrix entry skipped ({e.message})")
+        else:
+            if tp.weights is None:
+                tp.missing = True
+                tp.notes.append(f"no imatrix entry; {choice.qtype.name} encoded without importance weights")
+    return tp
+
+
+def _read_imatrix(imatrix) -> tuple[Optional[Mapping[str, np.ndarray]], Optional[tuple[str, ImatrixFile]]]:
+    """(name -> weights, (path, parsed file) when read from a file) for ``encode_file(imatrix=)``."""
+    if imatrix is None:
+        return None, None
+    if isinstance(imatrix, (str, os.PathLike)):
+        path = os.fspath(imatrix)
+        parsed = load_imatrix_file(path)
+        return parsed.weights, (path, parsed)
+    if not isinstance(imatrix, Mapping):
+        raise QFormatError(f"imatrix must be a file path or a mapping of tensor names to weights, "
+                           f"not {type(imatrix).__name__}")
+    return imatrix, None
 
 
 def encode_file(src: PathLike, out: PathLike, target: Union[str, Target] = "Q4_K", *,
                 rules: Sequence[str] = (), keep_metadata: bool = False, force: bool = False,
-                imatrix: Optional[Mapping[str, np.ndarray]] = None,
+                imatrix: Union[None, PathLike, Mapping[str, np.ndarray]] = None, mode: str = "ggml",
                 progress: Optional[Callable[[str, int], None]] = None) -> EncodeResult:
     """Encode the tensors of ``src`` into the GGUF file ``out`` (see the module docstring).
 
     ``target``: a type name (``"Q4_K"``) or a mix (``"Q4_K_M"``); ``rules``: ``"REGEX=TYPE"``
-    overrides, first match wins; ``imatrix``: optional tensor name -> per-column importance vector
-    (used where the chosen codec takes one); ``progress(name, nbytes)`` is called after each tensor.
+    overrides, first match wins; ``imatrix``: a llama.cpp imatrix file (either format) or a mapping
+    tensor name -> importance weights, used where the chosen codec takes them; ``mode``: ``"ggml"``
+    or ``"best"`` (see the module docstring); ``progress(name, nbytes)`` is called after each tensor.
     """
     from .container import Writer
 
     src, out = os.fspath(src), os.fspath(out)
     tgt = target if isinstance(target, Target) else Target.parse(target)
     parsed_rules = [parse_rule(r) for r in rules]
+    if mode not in MODES:
+        raise QFormatError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
     _check_paths(src, out, force)
+    weights_map, imatrix_file = _read_imatrix(imatrix)
     with open_source(src) as source:
         if keep_metadata and source.gguf is None:
             raise UnsupportedSource("--keep-metadata needs a .gguf source (other sources have no GGUF metadata)",
@@ -147,10 +255,14 @@ def encode_file(src: PathLike, out: PathLike, target: Union[str, Target] = "Q4_K
                                   path=src)
         plan = Planner(tgt, listing, parsed_rules)
         choices: list[Choice] = plan.choose_all(listing)
-        meta = _output_metadata(source, tgt, keep_metadata)
-        result = EncodeResult(out, src, tgt)
+        # every imatrix entry is checked against its tensor before anything is written
+        plans = [_plan_encoding(c, source.tensors[c.name].shape, mode, weights_map) for c in choices]
+        meta = _output_metadata(source, tgt, keep_metadata, imatrix_file)
+        result = EncodeResult(out, src, tgt, mode=mode, imatrix=weights_map is not None,
+                              imatrix_missing=[tp.choice.name for tp in plans if tp.missing])
         with Writer(out, meta) as w:
-            for choice in choices:
+            for tp in plans:
+                choice = tp.choice
                 t = source.tensors[choice.name]
                 if choice.copy:
                     if t.qtype is not None:
@@ -166,21 +278,16 @@ def encode_file(src: PathLike, out: PathLike, target: Union[str, Target] = "Q4_K
                                                         None, copied=True))
                 else:
                     x = t.load()
-                    st = w.add_tensor(choice.name, (x, choice.qtype), imatrix=_importance(imatrix, choice))
+                    st = w.add_tensor(choice.name, (x, choice.qtype), imatrix=tp.weights, mode=tp.mode)
                     del x
                     nbytes = math.prod(t.shape[:-1]) * row_nbytes(choice.qtype, t.shape[-1])
                     result.tensors.append(EncodedTensor(choice.name, t.shape, t.dtype, choice.qtype,
-                                                        choice.wanted, choice.fallbacks, nbytes, st))
+                                                        choice.wanted, choice.fallbacks, nbytes, st,
+                                                        mode=tp.mode, weighted=tp.weights is not None,
+                                                        notes=tp.notes))
                 if progress is not None:
                     progress(choice.name, result.tensors[-1].nbytes)
     return result
-
-
-def _importance(imatrix: Optional[Mapping[str, np.ndarray]], choice: Choice) -> Optional[np.ndarray]:
-    """The tensor's importance vector, when there is one and the chosen codec uses it."""
-    if imatrix is None or choice.name not in imatrix or not get_codec(choice.qtype).weighted:
-        return None
-    return np.asarray(imatrix[choice.name], dtype=np.float32)
 
 
 # --- decode -----------------------------------------------------------------------------------

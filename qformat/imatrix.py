@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import os
 import struct
-from typing import Mapping, NamedTuple, Optional, Union
+from typing import Mapping, NamedTuple, Optional, Sequence, Union
 
 import numpy as np
 
@@ -88,12 +88,14 @@ def load_file(path: PathLike) -> ImatrixFile:
 
 
 def weights_for(imatrix_map: Optional[Mapping[str, np.ndarray]], tensor_name: str,
-                n_cols: int) -> Optional[np.ndarray]:
-    """The importance weights to quantize tensor ``tensor_name`` (rows of ``n_cols`` values) with.
+                shape: Union[int, Sequence[int]]) -> Optional[np.ndarray]:
+    """The importance weights to quantize tensor ``tensor_name`` of numpy ``shape`` with.
 
-    ``None`` when the map has no entry for it (llama-quantize then quantizes without one). An entry
-    of exactly ``n_cols`` values comes back as a float32 vector ``(n_cols,)``; an entry holding a
-    whole number of such vectors (one per expert of a 3-D expert tensor) as ``(n_mat, n_cols)``.
+    ``shape`` may be a bare row length (a 2-D tensor). The rule is llama-quantize's: the entry MUST
+    hold exactly ``n_cols * n_mat`` values, ``n_cols = shape[-1]`` and ``n_mat = shape[-3]`` for a
+    tensor of three or more dimensions (one vector per expert), else 1. Returns ``None`` when the map
+    has no entry for the tensor (llama-quantize then quantizes without one), a float32 ``(n_cols,)``
+    vector when ``n_mat == 1``, else ``(n_mat, n_cols)`` -- the form ``qformat.quantize`` takes.
     Any other length raises :class:`~qformat.errors.ImatrixMismatch`.
     """
     if imatrix_map is None:
@@ -101,15 +103,19 @@ def weights_for(imatrix_map: Optional[Mapping[str, np.ndarray]], tensor_name: st
     w = imatrix_map.get(tensor_name)
     if w is None:
         return None
+    dims = (int(shape),) if isinstance(shape, (int, np.integer)) else tuple(int(d) for d in shape)
+    n_cols = dims[-1] if dims else 0
+    n_mat = dims[-3] if len(dims) >= 3 else 1
+    if n_cols <= 0 or n_mat <= 0:
+        raise ImatrixMismatch(f"tensor {tensor_name!r}: shape {dims} has no rows to weight")
     w = np.asarray(w, dtype=np.float32).reshape(-1)
-    if n_cols <= 0:
-        raise ImatrixMismatch(f"tensor {tensor_name!r}: row length {n_cols} must be positive")
-    if w.size == n_cols:
-        return w
-    if w.size % n_cols == 0:
-        return w.reshape(-1, n_cols)
-    raise ImatrixMismatch(f"tensor {tensor_name!r}: imatrix entry has {w.size} values, which is not a "
-                          f"multiple of the row length {n_cols}")
+    if w.size != n_cols * n_mat:
+        per = f"{n_mat} matrices of rows of {n_cols}" if n_mat > 1 else f"rows of {n_cols}"
+        hint = (f" (it fits {w.size // n_cols} matrices; this tensor has {n_mat})"
+                if w.size % n_cols == 0 else "")
+        raise ImatrixMismatch(f"tensor {tensor_name!r} {dims}: imatrix entry has {w.size} values, but "
+                              f"{per} need {n_cols * n_mat}{hint}")
+    return w if n_mat == 1 else w.reshape(n_mat, n_cols)
 
 
 # --- legacy .dat ---------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ import qformat
 from qformat import imatrix
 from qformat.container import TypedValue, ValueType
 from qformat.errors import (
-    FormatError, ImatrixBadEntry, ImatrixError, ImatrixMismatch, ImatrixTruncated, QFormatError,
+    CodecError, FormatError, ImatrixBadEntry, ImatrixError, ImatrixMismatch, ImatrixTruncated, QFormatError,
 )
 
 from .conftest import ROOT
@@ -82,13 +82,47 @@ def test_gguf_imatrix_is_accepted_by_ggml_parser(ggml_ref):
 # --- weights_for ----------------------------------------------------------------------------------
 
 def test_weights_for_shapes():
+    """llama-quantize's rule: exactly n_cols values, times the expert count for a 3-D tensor."""
     w = imatrix.load(GGUF)
     assert imatrix.weights_for(w, "blk.0.attn_q.weight", 256).shape == (256,)
-    assert imatrix.weights_for(w, "blk.0.ffn_up_exps.weight", 256).shape == (2, 256)
+    assert imatrix.weights_for(w, "blk.0.attn_q.weight", (1024, 256)).shape == (256,)
+    experts = imatrix.weights_for(w, "blk.0.ffn_up_exps.weight", (2, 64, 256))
+    assert experts.shape == (2, 256) and experts.dtype == np.float32
+    np.testing.assert_array_equal(experts.reshape(-1), w["blk.0.ffn_up_exps.weight"])
     assert imatrix.weights_for(w, "no.such.weight", 256) is None
     assert imatrix.weights_for(None, "blk.0.attn_q.weight", 256) is None
     with pytest.raises(ImatrixMismatch, match="512 values"):
         imatrix.weights_for(w, "blk.0.ffn_down.weight", 384)
+    # a per-expert entry for a 2-D tensor, or for a tensor with another expert count, does not fit
+    with pytest.raises(ImatrixMismatch, match="fits 2 matrices; this tensor has 1"):
+        imatrix.weights_for(w, "blk.0.ffn_up_exps.weight", (64, 256))
+    with pytest.raises(ImatrixMismatch, match="fits 2 matrices; this tensor has 4"):
+        imatrix.weights_for(w, "blk.0.ffn_up_exps.weight", (4, 64, 256))
+    # nor does a single vector for a tensor of several experts (llama-quantize refuses it too)
+    with pytest.raises(ImatrixMismatch, match="2 matrices"):
+        imatrix.weights_for(w, "blk.0.attn_q.weight", (2, 64, 256))
+
+
+@pytest.mark.parametrize("qt", ["Q4_K", "Q6_K", "Q4_0"])
+def test_per_expert_weights_encode_each_matrix_with_its_own_vector(ggml_ref, qt):
+    """quantize(x (n_exp, rows, n), imatrix=(n_exp, n)) == expert k quantized with row k, as
+    llama-quantize loops over experts, and == ggml_quantize_chunk per expert."""
+    w = imatrix.weights_for(imatrix.load(GGUF), "blk.0.ffn_up_exps.weight", (2, 3, 256))
+    x = np.random.default_rng(11).standard_normal((2, 3, 256)).astype(np.float32)
+    got = qformat.quantize(x, qt, imatrix=w)
+    for k in range(2):
+        np.testing.assert_array_equal(got[k], qformat.quantize(x[k], qt, imatrix=w[k]))
+        np.testing.assert_array_equal(got[k], ggml_ref.quantize(x[k], qt, imatrix=w[k]))
+    assert not np.array_equal(got[1], qformat.quantize(x[1], qt, imatrix=w[0]))  # the vectors differ
+    # a leading axis before the experts broadcasts: each (.., k, :, :) matrix uses vector k
+    x4 = np.stack([x, -x])
+    got4 = qformat.quantize(x4, qt, imatrix=w)
+    np.testing.assert_array_equal(got4[0], got)
+    np.testing.assert_array_equal(got4[1, 1], qformat.quantize(-x[1], qt, imatrix=w[1]))
+    with pytest.raises(CodecError, match="imatrix has shape"):
+        qformat.quantize(x, qt, imatrix=np.ones((3, 256), np.float32))
+    with pytest.raises(CodecError, match="imatrix has shape"):
+        qformat.quantize(x[0], qt, imatrix=w)  # a 2-D input has no expert axis
 
 
 @pytest.mark.parametrize("qt", ["Q4_K", "Q5_K"])
@@ -97,7 +131,7 @@ def test_file_weights_drive_ggml_weighted_encoder_byte_exactly(ggml_ref, qt, nam
     """mode "ggml" with an imatrix read from a file == ggml_quantize_chunk with the same vector."""
     w = imatrix.load(DAT)[name]
     x = np.random.default_rng(7).standard_normal((6, w.size)).astype(np.float32)
-    cols = imatrix.weights_for(imatrix.load(DAT), name, w.size)
+    cols = imatrix.weights_for(imatrix.load(DAT), name, x.shape)
     ours = qformat.quantize(x, qt, imatrix=cols)
     np.testing.assert_array_equal(ours, ggml_ref.quantize(x, qt, imatrix=cols))
     # and the imatrix matters: without it the bytes differ
@@ -118,7 +152,10 @@ def _dat(entries, trailer=None) -> bytes:
     return b"".join(out)
 
 
-#: what UTF-8 can encode (no lone surrogates) and a C string can hold (no NUL)
+#: what UTF-8 can encode and a C string can hold (no NUL). A lone surrogate ('\ud800') is not a
+#: character a file can carry: no UTF-8 byte sequence decodes to it, so no name read from a file is
+#: one (the bytes a careless encoder would write for it are refused, see test_legacy_rule_violations),
+#: and the strategy, which builds names to write, must not produce it.
 _NAME_CHARS = st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00")
 
 
@@ -163,6 +200,8 @@ def test_every_truncation_of_the_dat_file_is_a_clean_error(tmp_path):
     (struct.pack("<i", 1 << 30), ImatrixTruncated, 0, "needs at least"),
     (_dat([("", 1, [1.0])]), ImatrixBadEntry, 4, "name length is 0"),
     (_dat([(b"\xff\xfe", 1, [1.0])]), ImatrixBadEntry, 8, "UTF-8"),
+    # a lone surrogate has no UTF-8 form; its CESU-8/WTF-8 bytes are refused like any invalid UTF-8
+    (_dat([(b"a\xed\xa0\x80", 1, [1.0])]), ImatrixBadEntry, 9, "UTF-8"),
     (_dat([("a\0b", 1, [1.0])]), ImatrixBadEntry, 8, "NUL"),
     (_dat([("a", -1, [1.0])]), ImatrixBadEntry, 9, "call count is -1"),
     (_dat([("a", 1, [])]) + b"\0" * 16, ImatrixBadEntry, 13, "value count is 0"),

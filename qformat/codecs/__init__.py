@@ -93,7 +93,9 @@ def quantize(x, qtype: QTypeLike, *, mode: str = "ggml", imatrix=None) -> np.nda
     """Encode float values ``(..., n)`` to ``uint8 (..., n // block_elems * block_bytes)``.
 
     ``n`` must be a multiple of the type's block size. ``imatrix`` is an optional per-column
-    importance vector of length ``n`` (as llama.cpp's ``llama-imatrix`` computes). The input is
+    importance vector of length ``n`` (as llama.cpp's ``llama-imatrix`` computes) or, for input of
+    three or more dimensions, ``(x.shape[-3], n)``: one vector per matrix along axis -3 (the experts
+    of a 3-D expert tensor, as llama-quantize applies a per-expert imatrix). The input is
     converted to float32 and checked chunk by chunk, so a float16 or float64 source is never copied
     whole.
     """
@@ -117,6 +119,11 @@ def quantize(x, qtype: QTypeLike, *, mode: str = "ggml", imatrix=None) -> np.nda
         if not codec.weighted:
             raise CodecError(f"{qt.name}: this encoder takes no importance matrix")
         weights = np.ascontiguousarray(imatrix, dtype=np.float32)
+        if weights.ndim == 2 and arr.ndim >= 3 and weights.shape == (arr.shape[-3], n):
+            # one vector per matrix: encode matrix by matrix, each with its own weights
+            mats = arr.reshape(-1, *arr.shape[-3:])
+            per = [quantize(mats[:, k], qt, mode=mode, imatrix=weights[k]) for k in range(weights.shape[0])]
+            return np.stack(per, axis=1).reshape(*arr.shape[:-1], n // elems * nbytes)
         if weights.shape != (n,):
             raise CodecError(f"{qt.name}: imatrix has shape {weights.shape}, expected ({n},)")
         if not np.isfinite(weights).all() or (weights < 0).any():

@@ -239,10 +239,12 @@ def _measurable(arr: np.ndarray, qt: QType) -> bool:
     return get_codec(qt).finite_only or bool(np.isfinite(arr).all())
 
 
-def prepare_tensor(name: str, value: Any, *, stats: bool = True, imatrix: Any = None) -> _Pending:
+def prepare_tensor(name: str, value: Any, *, stats: bool = True, imatrix: Any = None,
+                   mode: str = "ggml") -> _Pending:
     """Validate a tensor given to the writer; its bytes are produced later, one tensor at a time.
 
-    ``imatrix`` (per-column importance weights) is passed to ``quantize`` for ``(array, qtype)``.
+    ``imatrix`` (per-column importance weights) and ``mode`` are passed to ``quantize`` for
+    ``(array, qtype)``.
     """
     _check_name(name)
     if isinstance(value, tuple):
@@ -257,14 +259,15 @@ def prepare_tensor(name: str, value: Any, *, stats: bool = True, imatrix: Any = 
         arr = np.asarray(arr)
         shape = _check_shape(name, arr.shape, qt)
         source = arr if stats and _measurable(arr, qt) else None
-        if imatrix is None and qt in QTYPE_DTYPE and arr.dtype.newbyteorder("=") == QTYPE_DTYPE[qt].newbyteorder("="):
+        if (imatrix is None and mode == "ggml" and qt in QTYPE_DTYPE
+                and arr.dtype.newbyteorder("=") == QTYPE_DTYPE[qt].newbyteorder("=")):
             return _Pending(name, shape, qt, _tensor_nbytes(shape, qt),
                             lambda: _as_bytes(arr.astype(QTYPE_DTYPE[qt], copy=False)), source)
         from ..codecs import can_encode, quantize
 
         if can_encode(qt):
             return _Pending(name, shape, qt, _tensor_nbytes(shape, qt),
-                            lambda: _as_bytes(quantize(arr.reshape(shape), qt, imatrix=imatrix)), source)
+                            lambda: _as_bytes(quantize(arr.reshape(shape), qt, imatrix=imatrix, mode=mode)), source)
         raise UnsupportedType(f"tensor {name!r}: qformat cannot encode {arr.dtype} to {qt.name}")
     if isinstance(value, np.generic):
         value = np.asarray(value)  # a numpy scalar: stored as shape (1,)
@@ -472,10 +475,10 @@ class Writer:
             self.stats[t.name] = st
         return st
 
-    def add_tensor(self, name: str, value: Any, *, imatrix: Any = None) -> Optional[RoundTripStats]:
-        """Add a numpy array (stored as its dtype) or ``(array, qtype)`` (encoded, with optional
-        per-column importance weights ``imatrix``); returns the recorded statistics, if any."""
-        return self._append(prepare_tensor(name, value, stats=self._measure, imatrix=imatrix))
+    def add_tensor(self, name: str, value: Any, *, imatrix: Any = None, mode: str = "ggml") -> Optional[RoundTripStats]:
+        """Add a numpy array (stored as its dtype) or ``(array, qtype)`` (encoded in ``mode``, with
+        optional per-column importance weights ``imatrix``); returns the recorded statistics, if any."""
+        return self._append(prepare_tensor(name, value, stats=self._measure, imatrix=imatrix, mode=mode))
 
     def add_raw(self, name: str, data: Any, qtype: Any, shape: Iterable[int]) -> None:
         """Add already-encoded bytes of ``qtype`` with numpy-order ``shape``."""
