@@ -48,6 +48,7 @@ import numpy as np
 
 from ..types import QType
 from . import Codec, register
+from ..search.ggml import nearest_int, seqsum
 from .bits import fp16_bits_to_fp32, fp32_to_fp16_bits, read_fp16, write_fp16
 
 #: ggml's ``kvalues_iq4nl``: the 16 levels of IQ4_NL and IQ4_XS (sorted ascending).
@@ -132,29 +133,11 @@ def nearest_level(v: np.ndarray) -> np.ndarray:
     return _BUCKET_BASE[c] + (v >= _BUCKET_INNER[c])
 
 
-def nearest_int(v: np.ndarray) -> np.ndarray:
-    """ggml's ``nearest_int``: add 1.5*2^23 in float32 and read the low mantissa bits.
-
-    That is round-half-to-even for |v| < 2^22; the bit trick is mirrored exactly so that the
-    out-of-range inputs ggml can meet (inf, NaN) give ggml's answers too.
-    """
-    t = (np.asarray(v, dtype=_F32) + _F32(12582912.0)).view(np.int32)
-    return (t & np.int32(0x007FFFFF)) - np.int32(0x00400000)
-
-
-def _seqsum(rows: np.ndarray) -> np.ndarray:
-    """Left-to-right float32 sum over the leading axis (ggml's loop order; np.sum is pairwise)."""
-    acc = rows[0].copy()
-    for r in rows[1:]:
-        acc += r
-    return acc
-
-
 def _fit(xt: np.ndarray, wt: np.ndarray, inv: np.ndarray):
     """Map ``xt`` (32, m) with inverse scales ``inv`` (m,); return (sumqx, sumq2) of the fit."""
     q = _LEVELS[nearest_level(inv * xt)]
     wq = wt * q
-    return _seqsum(wq * xt), _seqsum(wq * q)
+    return seqsum(wq * xt), seqsum(wq * q)
 
 
 def _subblock_scales(xt: np.ndarray, wt: np.ndarray) -> np.ndarray:
@@ -181,7 +164,7 @@ def _importance(x: np.ndarray, weights) -> np.ndarray:
     if weights is None:
         return x * x
     sq = x * x
-    sigma2 = _seqsum(np.ascontiguousarray(sq.T)) * _F32(2.0 / x.shape[1])
+    sigma2 = seqsum(np.ascontiguousarray(sq.T)) * _F32(2.0 / x.shape[1])
     return np.asarray(weights, dtype=_F32) * np.sqrt(sigma2[:, None] + sq)
 
 
