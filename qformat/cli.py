@@ -5,6 +5,8 @@ this module only parses arguments and prints. Conventions shared by all commands
 
 * exit status 0 = success, 1 = verification failed (``verify``, ``demo``), 2 = bad input or usage
   (unreadable, truncated or corrupt files, wrong extensions, missing files, bad arguments);
+  141 (128 + SIGPIPE, as a C tool reports it) when the reader of stdout went away (``| head``),
+  silently;
 * an error is one line on stderr, ``qformat: error: <file>: <problem>``; ``--debug`` adds the
   traceback; no output file is left behind by a failed command;
 * progress bars (``tqdm``) go to stderr, only when it is a terminal and ``--quiet`` is not given.
@@ -24,6 +26,7 @@ from . import __version__
 from .errors import QFormatError
 
 EXIT_OK, EXIT_FAIL, EXIT_BAD_INPUT = 0, 1, 2
+EXIT_BROKEN_PIPE = 141
 
 _EPILOG_ENCODE = """examples:
   qformat encode model.safetensors -o model-q4k.gguf --type Q4_K
@@ -289,6 +292,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
+    except BrokenPipeError:
+        # whoever read our output stopped (`qformat inspect --json | head`): nothing is wrong with
+        # the input, so no error line; point stdout at devnull so the exit-time flush stays quiet
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except OSError:
+            pass
+        return EXIT_BROKEN_PIPE
     except (QFormatError, OSError, ValueError) as e:
         # ValueError covers bad --type/--rule values (mixes.PlanError) and numpy's own refusals
         if args.debug:

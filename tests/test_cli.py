@@ -475,3 +475,14 @@ def test_progress_bar_only_on_a_terminal(tmp_path):
     quiet = subprocess.run([sys.executable, "-m", "qformat", "encode", str(src), "-o", str(tmp_path / "p3.gguf"), "-q"],
                            capture_output=True, env=ENV, timeout=120)
     assert quiet.returncode == 0 and quiet.stdout == b"" and quiet.stderr == b""
+
+
+def test_reader_going_away_is_not_an_error():
+    """`qformat inspect --json --full | head`: exit 141 (as a SIGPIPE'd C tool), nothing on stderr."""
+    src = shared_file("gguf/ggml-vocab-gpt-2.gguf")  # its --full JSON is megabytes: more than a pipe holds
+    p = subprocess.Popen([sys.executable, "-m", "qformat", "inspect", str(src), "--json", "--full"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV)
+    assert p.stdout.read(100).startswith(b"{")
+    p.stdout.close()
+    err = p.stderr.read()
+    assert p.wait(timeout=120) == 141 and err == b"", err

@@ -259,6 +259,10 @@ def _bad_imatrix(tmp_path, case):
     if case == "garbage":
         p.write_bytes(b"\xff\xff\xff\x7f" + bytes(12))
         return p, "imatrix"
+    if case == "gguf-truncated":  # structure errors come from the strict GGUF reader
+        p = tmp_path / "cut.gguf"
+        p.write_bytes((COMMITTED / "imatrix.gguf").read_bytes()[:300])
+        return p, "cut.gguf"
     if case == "gguf-not-imatrix":
         p = tmp_path / "model.gguf"
         qformat.write(p, {"w": np.ones(4, np.float32)}, {"general.type": "model"})
@@ -272,7 +276,8 @@ def _bad_imatrix(tmp_path, case):
     raise AssertionError(case)
 
 
-@pytest.mark.parametrize("case", ["missing", "truncated", "garbage", "gguf-not-imatrix", "wrong-length"])
+@pytest.mark.parametrize("case", ["missing", "truncated", "garbage", "gguf-truncated", "gguf-not-imatrix",
+                                  "wrong-length"])
 def test_bad_imatrix_is_refused_cleanly(tmp_path, case):
     im, word = _bad_imatrix(tmp_path, case)
     out_dir = tmp_path / "out"
