@@ -83,6 +83,14 @@ def _qtype(t: QTypeLike) -> QType:
         raise CodecError(str(e)) from None
 
 
+#: Codecs reproduce ggml's float32 arithmetic, where overflow to inf, inf*0 = NaN and the like are
+#: part of the defined result (e.g. a huge input or a NaN fp16 scale in random bytes), not a fault:
+#: numpy's RuntimeWarnings for them would only be noise to the caller.
+#: (A fresh errstate each time: codecs may call quantize() again, and one errstate cannot nest.)
+def _c_float_semantics() -> np.errstate:
+    return np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore")
+
+
 def _chunks(total: int, step: int):
     """(start, stop) of consecutive slices of ``step`` blocks covering ``total`` blocks."""
     for s in range(0, total, step):
@@ -146,7 +154,8 @@ def quantize(x, qtype: QTypeLike, *, mode: str = "ggml", imatrix=None) -> np.nda
         if wblocks is not None:
             w = np.tile(wblocks, ((e - s) // per_row, 1))
         extra = {"row_blocks": per_row} if codec.row_stats and w is not None else {}
-        out[s:e] = codec.encode(chunk, mode=mode, weights=w, **extra)
+        with _c_float_semantics():
+            out[s:e] = codec.encode(chunk, mode=mode, weights=w, **extra)
     return out.reshape(*lead, n // elems * nbytes)
 
 
@@ -171,7 +180,8 @@ def dequantize(data, qtype: QTypeLike) -> np.ndarray:
     out = np.empty((total, elems), dtype=np.float32)
     step = max(1, (codec.decode_chunk_values or CHUNK_VALUES) // elems)
     for s, e in _chunks(total, step):
-        out[s:e] = codec.decode(blocks[s:e])
+        with _c_float_semantics():
+            out[s:e] = codec.decode(blocks[s:e])
     return out.reshape(*lead, m // nbytes * elems)
 
 
