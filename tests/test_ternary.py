@@ -85,3 +85,21 @@ def test_bad_input_raises_codec_error(qt):
         qformat.quantize(x, qt, imatrix=np.ones(512, np.float32))
     with pytest.raises(CodecError):
         qformat.dequantize(np.zeros((3, BLOCK[qt].nbytes * 2 + 1), np.uint8), qt)
+
+
+@pytest.mark.parametrize("qt", TYPES)
+def test_decode_across_registry_chunks_writes_every_block(qt):
+    """The decoders write straight into the registry's output, several blocks-chunks per call; a
+    tensor spanning chunk boundaries (and ending in a partial chunk) must decode block by block
+    the same as each block alone."""
+    codec = qformat.codecs.get_codec(qt)
+    nbytes = BLOCK[qt][1]
+    per_chunk = codec.decode_chunk_values // 256
+    nblocks = 2 * per_chunk + 7
+    rng = np.random.default_rng(11)
+    raw = rng.integers(0, 256, size=(nblocks, nbytes), dtype=np.uint8)
+    raw[:, -2:] = rng.choice(np.arange(0x3C00, 0x3C08, dtype=np.uint16), nblocks).view(np.uint8).reshape(-1, 2)
+    whole = qformat.dequantize(raw.reshape(-1), qt).reshape(nblocks, 256)
+    picks = [0, per_chunk - 1, per_chunk, per_chunk + 1, 2 * per_chunk, nblocks - 1]
+    for i in picks:
+        assert same_bits(whole[i], qformat.dequantize(raw[i], qt))

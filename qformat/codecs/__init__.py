@@ -42,6 +42,9 @@ class Codec:
     #: values per chunk handed to ``decode`` (0: :data:`CHUNK_VALUES`); a decoder whose cost is mostly
     #: fixed per call (few, cheap passes) is faster on larger chunks
     decode_chunk_values: int = 0
+    #: ``decode`` accepts ``out=`` (the float32 ``(nblocks, block_elems)`` slice of the result) and
+    #: writes into it: no fresh array and no copy per chunk, which cheap decoders feel
+    decode_into: bool = False
     doc: str = field(default="", compare=False)
 
 
@@ -181,7 +184,10 @@ def dequantize(data, qtype: QTypeLike) -> np.ndarray:
     step = max(1, (codec.decode_chunk_values or CHUNK_VALUES) // elems)
     for s, e in _chunks(total, step):
         with _c_float_semantics():
-            out[s:e] = codec.decode(blocks[s:e])
+            if codec.decode_into:
+                codec.decode(blocks[s:e], out=out[s:e])
+            else:
+                out[s:e] = codec.decode(blocks[s:e])
     return out.reshape(*lead, m // nbytes * elems)
 
 

@@ -41,16 +41,22 @@ _F32 = np.float32
 
 
 def _trits(x: np.ndarray) -> np.ndarray:
-    """Stored trits (0, 1, 2) of each block of 256 float32 values, as ggml computes them."""
+    """Stored trits (0, 1, 2) of each block of 256 float32 values, as ggml computes them.
+
+    ``|x * id| <= 1`` up to one rounding (``id`` is the rounded ``1/d``), so ``lroundf`` can only
+    give -1, 0 or 1 and reduces to two float32 comparisons against 0.5 (halves go away from zero).
+    """
     amax = np.max(np.abs(x), axis=1)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         inv = np.where(amax != 0, _F32(1) / amax, _F32(0)).astype(_F32)
-        v = (x * inv[:, None]).astype(np.float64)  # exact widening; rounding is done below
-    finite = np.isfinite(v)
-    v = np.where(finite, v, 0.0)
-    # lroundf: half away from zero; v is a float32 so v + 0.5 is exact in float64
-    r = np.copysign(np.floor(np.abs(v) + 0.5), v)
-    return (r.astype(np.int64) + 1).astype(np.uint8), amax
+        v = x * inv[:, None]
+    t = np.greater_equal(v, _F32(0.5)).view(np.uint8)
+    t += np.uint8(1)
+    t -= np.less_equal(v, _F32(-0.5)).view(np.uint8)
+    huge = np.flatnonzero(np.isinf(inv))
+    if huge.size:  # 1/d overflowed: x * inf is +-inf, which lroundf turns into the trit 0 (stored 1)
+        t[huge] = np.where(np.isinf(v[huge]), np.uint8(1), t[huge])
+    return t, amax
 
 
 # --- TQ2_0 -----------------------------------------------------------------------------------
@@ -67,13 +73,23 @@ def _tq2_encode(x, *, mode="ggml", weights=None):
     return out
 
 
-def _tq2_decode(blocks):
+_TWO_BITS = np.uint64(0x0303030303030303)
+
+
+def _tq2_decode(blocks, out=None):
     nb = blocks.shape[0]
     d = read_fp16(blocks, 64)
-    qs = blocks[:, :64].reshape(nb, 2, 1, 32)
-    q = (qs >> (2 * np.arange(4, dtype=np.uint8))[None, None, :, None]) & 3
+    # eight bytes at a time: shifting a 64-bit word by 2n and masking each byte to 2 bits gives the
+    # trits n of eight consecutive positions m, already in output order (value 128g + 32n + m)
+    qs = np.ascontiguousarray(blocks[:, :64]).view(np.uint64).reshape(nb, 2, 4)
+    codes = np.empty((nb, 2, 4, 4), np.uint64)
+    for n in range(4):
+        np.right_shift(qs, np.uint64(2 * n), out=codes[:, :, n])
+    codes &= _TWO_BITS
+    trits = codes.view(np.int8).reshape(nb, 256)
+    trits -= np.int8(1)
     with np.errstate(invalid="ignore"):  # 0 * inf scale is NaN, as in ggml
-        return (q.reshape(nb, 256).astype(_F32) - _F32(1)) * d[:, None]
+        return np.multiply(trits, d[:, None], dtype=_F32, out=out)  # exact int8 -> float32 inside the product
 
 
 # --- TQ1_0 -----------------------------------------------------------------------------------
@@ -109,17 +125,31 @@ def _tq1_encode(x, *, mode="ggml", weights=None):
     return out
 
 
-def _tq1_decode(blocks):
+#: ``3^n`` for the trit each of the 256 values reads from its byte (see :func:`_tq1_decode`)
+_TQ1_POW3 = np.concatenate([np.repeat(_POW3[:5], 32), np.repeat(_POW3[:5], 16),
+                            np.repeat(_POW3[:4], 4)]).astype(np.uint8)
+
+
+def _tq1_decode(blocks, out=None):
     nb = blocks.shape[0]
     d = read_fp16(blocks, 52)
-    t = np.concatenate([
-        _unpack_base3(blocks[:, 0:32], 5).reshape(nb, 160),
-        _unpack_base3(blocks[:, 32:48], 5).reshape(nb, 80),
-        _unpack_base3(blocks[:, 48:52], 4).reshape(nb, 16),
-    ], axis=1)
+    q = np.empty((nb, 256), np.uint8)  # the byte of each value, in value order
+    q[:, :160].reshape(nb, 5, 32)[:] = blocks[:, None, 0:32]
+    q[:, 160:240].reshape(nb, 5, 16)[:] = blocks[:, None, 32:48]
+    q[:, 240:].reshape(nb, 4, 4)[:] = blocks[:, None, 48:52]
+    q *= _TQ1_POW3  # uint8(b * 3^n), wrapping mod 256 as in C
+    # the trit is (3 * q) >> 8, i.e. 0 below 86, 1 below 171, else 2; stored minus 1 that is
+    # (q >= 86) - (q < 171)
+    trits = np.greater_equal(q, np.uint8(86)).view(np.int8)
+    trits -= np.less(q, np.uint8(171)).view(np.int8)
     with np.errstate(invalid="ignore"):  # 0 * inf scale is NaN, as in ggml
-        return (t.astype(_F32) - _F32(1)) * d[:, None]
+        return np.multiply(trits, d[:, None], dtype=_F32, out=out)
 
 
-register(Codec(QType.TQ1_0, _tq1_decode, _tq1_encode, doc="ternary, base-3 packed, fp16 scale per 256"))
-register(Codec(QType.TQ2_0, _tq2_decode, _tq2_encode, doc="ternary, 2 bits per value, fp16 scale per 256"))
+#: values per decode call: these decoders are a few cheap passes, so per-call overhead matters
+_DECODE_CHUNK = 1 << 18
+
+register(Codec(QType.TQ1_0, _tq1_decode, _tq1_encode, decode_chunk_values=_DECODE_CHUNK, decode_into=True,
+               doc="ternary, base-3 packed, fp16 scale per 256"))
+register(Codec(QType.TQ2_0, _tq2_decode, _tq2_encode, decode_chunk_values=_DECODE_CHUNK, decode_into=True,
+               doc="ternary, 2 bits per value, fp16 scale per 256"))
