@@ -296,21 +296,42 @@ def _decode_q5_1(blocks: np.ndarray) -> np.ndarray:
 
 # --- Q8_0 / Q8_1 ---------------------------------------------------------------------------
 
+_JUST_BELOW_HALF = f32(0.49999997)  # the float32 just below 0.5
+_SIGN = np.uint32(0x80000000)
+
+
+def _roundf_to_int8(v: np.ndarray) -> np.ndarray:
+    """``(int8_t)roundf(v)`` for finite float32 ``v`` with ``|v| < 128``, in three passes.
+
+    ``trunc(v + copysign(0.49999997, v))`` is ``roundf(v)`` for every float32 with ``|v| < 256``
+    (checked on all of them): adding 0.5 itself would round 0.49999997 up to 1, and one ulp less
+    still carries every exact half across (the sum rounds to the next integer). The float -> int8
+    cast truncates toward zero.
+    """
+    half = v.view(np.uint32) & _SIGN
+    half |= _JUST_BELOW_HALF.view(np.uint32)
+    shifted = half.view(np.float32)
+    shifted += v
+    return shifted.astype(np.int8)
+
+
 def _q8_codes(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(d (n,), codes int8 (32, n)) of quantize_row_q8_0_ref / q8_1."""
-    xt = np.ascontiguousarray(x.T)
-    amax = np.abs(xt).max(axis=0)
+    """(d (n,), codes int8 (n, 32)) of quantize_row_q8_0_ref / q8_1."""
+    amax = np.abs(np.ascontiguousarray(x.T)).max(axis=0)  # reduce over a leading axis: vector speed
     with np.errstate(over="ignore", invalid="ignore"):
         d = (amax / f32(127)).astype(np.float32)
-        codes = _c_int8(_roundf(xt * _inverse(d)))
-    return d, codes
+        inv = _inverse(d)
+        if np.isinf(inv).any():  # 1/d overflowed (subnormal d): the C conversion rules decide
+            return d, _c_int8(_roundf(x * inv[:, None]))
+    # |x * (1/d)| <= 127 up to a rounding or two, so the short exact rounding applies
+    return d, _roundf_to_int8(x * inv[:, None])
 
 
 def _encode_q8_0(x: np.ndarray) -> np.ndarray:
     d, codes = _q8_codes(x)
     out = np.empty((x.shape[0], 34), np.uint8)
     _put_f16(out, 0, d)
-    out[:, 2:] = codes.view(np.uint8).T
+    out[:, 2:] = codes.view(np.uint8)
     return out
 
 
@@ -325,8 +346,8 @@ def _encode_q8_1(x: np.ndarray) -> np.ndarray:
     out = np.empty((x.shape[0], 36), np.uint8)
     _put_f16(out, 0, d)
     with np.errstate(over="ignore", invalid="ignore"):
-        _put_f16(out, 2, codes.sum(axis=0, dtype=np.int32).astype(np.float32) * d)
-    out[:, 4:] = codes.view(np.uint8).T
+        _put_f16(out, 2, codes.sum(axis=1, dtype=np.int32).astype(np.float32) * d)
+    out[:, 4:] = codes.view(np.uint8)
     return out
 
 
