@@ -98,12 +98,15 @@ def _pack_halves(codes_t: np.ndarray) -> np.ndarray:
     return (codes_t[:16] | (codes_t[16:] << 4)).T
 
 
-def _unpack_halves(qs: np.ndarray) -> np.ndarray:
-    """16 nibble bytes per row -> 32 codes, uint8 (inverse of :func:`_pack_halves`)."""
-    out = np.empty((qs.shape[0], 2, 16), np.uint8)
-    np.bitwise_and(qs, 0x0F, out=out[:, 0])
-    np.right_shift(qs, 4, out=out[:, 1])
-    return out.reshape(-1, 32)
+def _unpack_halves(blocks: np.ndarray, at: int) -> np.ndarray:
+    """The 16 nibble bytes at ``at`` of each block -> its 32 codes, uint8 (inverse of :func:`_pack_halves`).
+
+    Masks and shifts whole block rows, header bytes included: two long contiguous passes are cheaper
+    than four passes of 16-byte pieces; the wanted halves are then gathered in one copy.
+    """
+    low = blocks & np.uint8(0x0F)
+    high = blocks >> np.uint8(4)
+    return np.concatenate([low[:, at:at + 16], high[:, at:at + 16]], axis=1)
 
 
 _BIT_WEIGHTS = (np.uint8(1) << np.arange(8, dtype=np.uint8)).reshape(1, 8, 1)
@@ -215,16 +218,16 @@ def _codes(blocks: np.ndarray, has_min: bool, five_bit: bool) -> np.ndarray:
     """The 32 unsigned codes of each block (inverse of :func:`_store`'s packing)."""
     at = 4 if has_min else 2
     if not five_bit:
-        return _unpack_halves(blocks[:, at:at + 16])
-    codes = _unpack_halves(blocks[:, at + 4:at + 20])
+        return _unpack_halves(blocks, at)
+    codes = _unpack_halves(blocks, at + 4)
     codes |= _unpack_bit4(blocks[:, at:at + 4])
     return codes
 
 
-def _scaled(q: np.ndarray, d: np.ndarray, m=None) -> np.ndarray:
-    """float32 ``float(q) * d`` (then ``+ m``): the int -> float conversion happens inside the
-    multiply, so no float copy of the codes is made."""
-    y = np.multiply(q, d, dtype=np.float32)
+def _scaled(q: np.ndarray, d: np.ndarray, m=None, out=None) -> np.ndarray:
+    """float32 ``float(q) * d`` (then ``+ m``), into ``out`` if given: the int -> float conversion
+    happens inside the multiply, so no float copy of the codes is made."""
+    y = np.multiply(q, d, dtype=np.float32, out=out)
     if m is not None:
         y += m
     return y
@@ -248,13 +251,13 @@ def _encode_q5_0_ref(x: np.ndarray) -> np.ndarray:
 
 
 @_ieee_quiet
-def _decode_q4_0(blocks: np.ndarray) -> np.ndarray:
-    return _scaled(_centred(_codes(blocks, False, False), 8), _get_f16(blocks, 0))
+def _decode_q4_0(blocks: np.ndarray, out=None) -> np.ndarray:
+    return _scaled(_centred(_codes(blocks, False, False), 8), _get_f16(blocks, 0), out=out)
 
 
 @_ieee_quiet
-def _decode_q5_0(blocks: np.ndarray) -> np.ndarray:
-    return _scaled(_centred(_codes(blocks, False, True), 16), _get_f16(blocks, 0))
+def _decode_q5_0(blocks: np.ndarray, out=None) -> np.ndarray:
+    return _scaled(_centred(_codes(blocks, False, True), 16), _get_f16(blocks, 0), out=out)
 
 
 # --- Q4_1 / Q5_1: scale and minimum ----------------------------------------------------
@@ -279,19 +282,19 @@ def _encode_q5_1_ref(x: np.ndarray) -> np.ndarray:
     return _store(d, lo, codes.view(np.uint8), five_bit=True)
 
 
-def _decode_affine(blocks: np.ndarray, five_bit: bool) -> np.ndarray:
+def _decode_affine(blocks: np.ndarray, five_bit: bool, out=None) -> np.ndarray:
     # two roundings, q*d then +m: ggml's reference is compiled without FMA contraction
-    return _scaled(_codes(blocks, True, five_bit), _get_f16(blocks, 0), _get_f16(blocks, 2))
+    return _scaled(_codes(blocks, True, five_bit), _get_f16(blocks, 0), _get_f16(blocks, 2), out=out)
 
 
 @_ieee_quiet
-def _decode_q4_1(blocks: np.ndarray) -> np.ndarray:
-    return _decode_affine(blocks, False)
+def _decode_q4_1(blocks: np.ndarray, out=None) -> np.ndarray:
+    return _decode_affine(blocks, False, out)
 
 
 @_ieee_quiet
-def _decode_q5_1(blocks: np.ndarray) -> np.ndarray:
-    return _decode_affine(blocks, True)
+def _decode_q5_1(blocks: np.ndarray, out=None) -> np.ndarray:
+    return _decode_affine(blocks, True, out)
 
 
 # --- Q8_0 / Q8_1 ---------------------------------------------------------------------------
@@ -336,9 +339,9 @@ def _encode_q8_0(x: np.ndarray) -> np.ndarray:
 
 
 @_ieee_quiet
-def _decode_q8_0(blocks: np.ndarray) -> np.ndarray:
+def _decode_q8_0(blocks: np.ndarray, out=None) -> np.ndarray:
     d = _get_f16(blocks, 0)
-    return _scaled(blocks[:, 2:34].view(np.int8), d)
+    return _scaled(blocks[:, 2:34].view(np.int8), d, out=out)
 
 
 def _encode_q8_1(x: np.ndarray) -> np.ndarray:
@@ -366,10 +369,14 @@ def _encode_q1_0(x: np.ndarray) -> np.ndarray:
 
 
 @_ieee_quiet
-def _decode_q1_0(blocks: np.ndarray) -> np.ndarray:
+def _decode_q1_0(blocks: np.ndarray, out=None) -> np.ndarray:
     d = _get_f16(blocks, 0)
     bits = np.unpackbits(blocks[:, 2:18], axis=1, bitorder="little").view(np.bool_)  # 0/1 bytes
-    return np.where(bits, d, -d)
+    if out is None:
+        return np.where(bits, d, -d)
+    np.copyto(out, np.broadcast_to(-d, out.shape))
+    np.copyto(out, np.broadcast_to(d, out.shape), where=bits)
+    return out
 
 
 # --- importance-weighted encoders (ggml's quantize_q4_0 / q4_1 / q5_0 / q5_1 with an imatrix) ------
@@ -441,13 +448,17 @@ def _reference_only(ref):
     return encode
 
 
-_WEIGHTED = dict(weighted=True, row_stats=True)
+#: every decoder here writes into the registry's output; they are a few cheap passes, so larger
+#: chunks (fewer calls) pay
+_DECODE = dict(decode_into=True, decode_chunk_values=1 << 18)
+_WEIGHTED = dict(weighted=True, row_stats=True, **_DECODE)
 register(Codec(QType.Q4_0, _decode_q4_0, _encode_weighted("q4_0"), **_WEIGHTED, doc="4-bit, scale from signed max"))
 register(Codec(QType.Q4_1, _decode_q4_1, _encode_weighted("q4_1"), **_WEIGHTED, modes=("ggml", "best"),
                doc="4-bit, scale and min"))
 register(Codec(QType.Q5_0, _decode_q5_0, _encode_weighted("q5_0"), **_WEIGHTED, doc="5-bit, scale from signed max"))
 register(Codec(QType.Q5_1, _decode_q5_1, _encode_weighted("q5_1"), **_WEIGHTED, modes=("ggml", "best"),
                doc="5-bit, scale and min"))
-register(Codec(QType.Q8_0, _decode_q8_0, _reference_only(_encode_q8_0), doc="8-bit, absmax scale"))
+register(Codec(QType.Q8_0, _decode_q8_0, _reference_only(_encode_q8_0), **_DECODE, doc="8-bit, absmax scale"))
 register(Codec(QType.Q8_1, None, _reference_only(_encode_q8_1), doc="8-bit activations; encode only"))
-register(Codec(QType.Q1_0, _decode_q1_0, _reference_only(_encode_q1_0), doc="1-bit signs, mean |x| scale"))
+register(Codec(QType.Q1_0, _decode_q1_0, _reference_only(_encode_q1_0), **_DECODE,
+               doc="1-bit signs, mean |x| scale"))
