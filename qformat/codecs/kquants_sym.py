@@ -41,10 +41,35 @@ QK_K = 256
 _SUB = 16  # values per sub-block in Q3_K and Q6_K
 _NSUB = QK_K // _SUB
 
+# The decoders unpack eight bytes at a time: a shift of a little-endian 64-bit word moves every byte
+# of it alike, and a per-byte mask drops what crossed from the neighbouring byte.
+_U64 = np.uint64
 #: shifts 2k that bring field k (k = 0..3) of a byte holding four 2-bit fields to bit 0
-_SHIFT_2K = (2 * np.arange(4, dtype=np.uint8)).reshape(1, 1, 4, 1)
+_SHIFT_2K = (2 * np.arange(4, dtype=_U64)).reshape(1, 1, 4, 1)
 #: shifts b that bring bit b (b = 0..7) of a mask byte to bit 0
-_BIT_B = np.arange(8, dtype=np.uint8).reshape(1, 8, 1)
+_BIT_B = np.arange(8, dtype=_U64).reshape(1, 8, 1)
+_BYTES_LOW1 = _U64(0x0101010101010101)
+_BYTES_LOW2 = _U64(0x0303030303030303)
+_BYTES_LOW4 = _U64(0x0F0F0F0F0F0F0F0F)
+#: values per decode call (the decoders write into the registry's output; few calls pay)
+_DECODE_CHUNK = 1 << 18
+
+
+def _words(blocks: np.ndarray, stop: int) -> np.ndarray:
+    """Bytes ``[0, stop)`` of each block (stop a multiple of 8) as little-endian uint64 words."""
+    return np.ascontiguousarray(blocks[:, :stop]).view("<u8").astype(_U64, copy=False)
+
+
+def _scaled_16(levels: np.ndarray, offset: int, dsub: np.ndarray, out=None) -> np.ndarray:
+    """float32 ``dsub * float(level - offset)`` per sub-block of 16, into ``out`` if given.
+
+    ``levels`` uint8 (nb, 256) is consumed (turned into the signed codes in place); ``dsub`` (nb, 16)
+    is the float32 factor of each sub-block, repeated to full length so the product is one long pass.
+    """
+    q = levels.view(np.int8)
+    q -= np.int8(offset)  # level - offset is exact in int8 and exact again as a float32
+    return np.multiply(q.reshape(-1), np.repeat(dsub.reshape(-1), _SUB), dtype=np.float32,
+                       out=None if out is None else out.reshape(-1)).reshape(-1, QK_K)
 
 # byte offsets of the fields inside a block (asserted against the geometry table below)
 Q3_HMASK, Q3_QS, Q3_SCALES, Q3_D, Q3_BYTES = 0, 32, 96, 108, 110
@@ -125,27 +150,26 @@ def q3_k_unpack(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     """Q3_K blocks (nb, 110) -> (levels uint8 (nb, 256) in 0..7, scale codes uint8 (nb, 16) in 0..63,
     d fp16 bits uint16 (nb,)); the exact inverse of :func:`q3_k_pack`. The signed code is ``level - 4``."""
     nb = blocks.shape[0]
-    qs = blocks[:, Q3_QS:Q3_SCALES].reshape(nb, 2, 1, 32)
-    levels = (qs >> _SHIFT_2K) & 3  # (nb, half, k, l)
-    hm = blocks[:, Q3_HMASK:Q3_QS].reshape(nb, 1, 32)
-    high = (hm >> _BIT_B) & 1  # (nb, bit b = e // 32, l)
-    high <<= 2
-    levels = levels.reshape(nb, QK_K)
-    levels |= high.reshape(nb, QK_K)
+    words = _words(blocks, Q3_SCALES)
+    levels = words[:, Q3_QS // 8:].reshape(nb, 2, 1, 4) >> _SHIFT_2K  # (nb, half, k, 8-byte group of l)
+    levels &= _BYTES_LOW2
+    high = words[:, :Q3_QS // 8].reshape(nb, 1, 4) >> _BIT_B  # (nb, bit b = e // 32, group of l)
+    high &= _BYTES_LOW1
+    high <<= _U64(2)
+    levels = levels.reshape(nb, 8, 4)
+    levels |= high
+    levels = levels.view(np.uint8).reshape(nb, QK_K)
     codes = _q3_unpack_scales(blocks[:, Q3_SCALES:Q3_D])
     d_bits = np.ascontiguousarray(blocks[:, Q3_D:Q3_BYTES]).view("<u2").reshape(nb).astype(np.uint16)
     return levels, codes, d_bits
 
 
-def q3_k_decode(blocks: np.ndarray) -> np.ndarray:
+def q3_k_decode(blocks: np.ndarray, out=None) -> np.ndarray:
     levels, codes, _ = q3_k_unpack(blocks)
     d = read_fp16(blocks, Q3_D)
     with np.errstate(invalid="ignore", over="ignore"):  # inf/nan d in arbitrary bytes: same IEEE result as C
         dl = d[:, None] * (codes.astype(np.int32) - 32).astype(np.float32)  # d_all * (scale - 32)
-        q = levels.astype(np.float32).reshape(-1, _NSUB, _SUB)
-        q -= _F32(4.0)  # signed code, exact (C's int expression)
-        q *= dl[:, :, None]  # the same single product dl * q, without materialising repeated scales
-        return q.reshape(-1, QK_K)
+        return _scaled_16(levels, 4, dl, out)  # the single product dl * (level - 4), as C
 
 
 def _q3_finish(xt: np.ndarray, levels_t: np.ndarray, scale_codes: np.ndarray, d: np.ndarray) -> np.ndarray:
@@ -205,29 +229,29 @@ def q6_k_unpack(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     """Q6_K blocks (nb, 210) -> (levels uint8 (nb, 256) in 0..63, scales int8 (nb, 16), d fp16 bits
     uint16 (nb,)); the exact inverse of :func:`q6_k_pack`. The signed code is ``level - 32``."""
     nb = blocks.shape[0]
-    ql = blocks[:, Q6_QL:Q6_QH].reshape(nb, 2, 2, 32)  # (half, byte group g, l)
-    qh = blocks[:, Q6_QH:Q6_SCALES].reshape(nb, 2, 1, 32)
-    levels = np.empty((nb, 2, 4, 32), dtype=np.uint8)  # (half, k, l); k = g for low nibbles, 2 + g for high
-    np.bitwise_and(ql, 0x0F, out=levels[:, :, 0:2])
-    np.right_shift(ql, 4, out=levels[:, :, 2:4])
-    high = (qh >> _SHIFT_2K) & 3
-    high <<= 4
+    words = _words(blocks, Q6_SCALES)
+    ql = words[:, :Q6_QH // 8].reshape(nb, 2, 2, 4)  # (half, byte group g, 8-byte group of l)
+    qh = words[:, Q6_QH // 8:].reshape(nb, 2, 1, 4)
+    levels = np.empty((nb, 2, 4, 4), dtype=_U64)  # (half, k, group of l); k = g low nibbles, 2 + g high
+    np.bitwise_and(ql, _BYTES_LOW4, out=levels[:, :, 0:2])
+    np.right_shift(ql, _U64(4), out=levels[:, :, 2:4])
+    levels[:, :, 2:4] &= _BYTES_LOW4
+    high = qh >> _SHIFT_2K
+    high &= _BYTES_LOW2
+    high <<= _U64(4)
     levels |= high
-    levels = levels.reshape(nb, QK_K)
+    levels = levels.view(np.uint8).reshape(nb, QK_K)
     sc = blocks[:, Q6_SCALES:Q6_D].view(np.int8).copy()
     d_bits = np.ascontiguousarray(blocks[:, Q6_D:Q6_BYTES]).view("<u2").reshape(nb).astype(np.uint16)
     return levels, sc, d_bits
 
 
-def q6_k_decode(blocks: np.ndarray) -> np.ndarray:
+def q6_k_decode(blocks: np.ndarray, out=None) -> np.ndarray:
     levels, sc, _ = q6_k_unpack(blocks)
     d = read_fp16(blocks, Q6_D)
     with np.errstate(invalid="ignore", over="ignore"):
         dsc = d[:, None] * sc.astype(np.float32)  # (d * sc) first, then times q, as ggml associates it
-        q = levels.astype(np.float32).reshape(-1, _NSUB, _SUB)
-        q -= _F32(32.0)
-        q *= dsc[:, :, None]
-        return q.reshape(-1, QK_K)
+        return _scaled_16(levels, 32, dsc, out)
 
 
 def q6_k_pack(levels: np.ndarray, sc: np.ndarray, d_bits: np.ndarray) -> np.ndarray:
@@ -315,8 +339,10 @@ def q8_k_encode(x: np.ndarray, *, mode: str = "ggml", weights: Optional[np.ndarr
 
 
 register(Codec(QType.Q3_K, q3_k_decode, q3_k_encode, modes=("ggml", "best"), weighted=True,
+               decode_into=True, decode_chunk_values=_DECODE_CHUNK,
                doc="3-bit k-quant: 16x16 sub-blocks, 6-bit signed scales, fp16 super-scale"))
 register(Codec(QType.Q6_K, q6_k_decode, q6_k_encode, modes=("ggml", "best"), weighted=True,
+               decode_into=True, decode_chunk_values=_DECODE_CHUNK,
                doc="6-bit k-quant: 16x16 sub-blocks, int8 scales, fp16 super-scale"))
 register(Codec(QType.Q8_K, q8_k_decode, q8_k_encode, modes=("ggml",), weighted=False,
                doc="8-bit k-quant intermediate: float32 scale, int8 codes, int16 group sums"))
