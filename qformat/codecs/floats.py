@@ -139,20 +139,29 @@ def _f16_encode(x, *, mode="ggml", weights=None):
     return _bytes_of(fp32_to_fp16_bits(np.asarray(x).reshape(-1)), "<u2")
 
 
-def _f16_decode(blocks):
-    return _column(decode_fp16(_words(blocks, "<u2")))
+def _f16_decode(blocks, out=None):
+    if out is None:
+        return _column(decode_fp16(_words(blocks, "<u2")))
+    # every uint16 is a valid index: 'clip' skips the bounds check and writes straight into out
+    return np.take(_F16_TABLE, _words(blocks, "<u2"), out=out.reshape(-1), mode="clip").reshape(-1, 1)
 
 
 # --- BF16 ------------------------------------------------------------------------------------
 
 def fp32_to_bf16_bits(x: np.ndarray) -> np.ndarray:
     """ggml's ``ggml_compute_fp32_to_bf16`` as uint16 bits."""
-    u = np.asarray(x, dtype=np.float32).view(np.uint32)
+    u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
     # round to nearest even on the bits: add 0x7FFF plus the lowest kept bit, then truncate
-    rounded = (u + (np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1)))) >> np.uint32(16)
-    nan = (u & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000)
-    quiet = (u >> np.uint32(16)) | np.uint32(0x40)
-    return np.where(nan, quiet, rounded).astype(np.uint16)
+    rounded = u >> np.uint32(16)
+    rounded &= np.uint32(1)
+    rounded += np.uint32(0x7FFF)
+    rounded += u
+    rounded >>= np.uint32(16)
+    bits = rounded.astype(np.uint16)
+    if u.size and (u & np.uint32(0x7FFFFFFF)).max() > 0x7F800000:  # some NaN: keep it, quieted
+        nan = (u & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000)
+        bits[nan] = ((u[nan] >> np.uint32(16)) | np.uint32(0x40)).astype(np.uint16)
+    return bits.reshape(np.shape(x))
 
 
 def bf16_bits_to_fp32(bits: np.ndarray) -> np.ndarray:
@@ -163,8 +172,11 @@ def _bf16_encode(x, *, mode="ggml", weights=None):
     return _bytes_of(fp32_to_bf16_bits(np.asarray(x).reshape(-1)), "<u2")
 
 
-def _bf16_decode(blocks):
-    return _column(bf16_bits_to_fp32(_words(blocks, "<u2")))
+def _bf16_decode(blocks, out=None):
+    if out is None:
+        return _column(bf16_bits_to_fp32(_words(blocks, "<u2")))
+    np.left_shift(_words(blocks, "<u2"), np.uint32(16), out=out.reshape(-1).view(np.uint32), dtype=np.uint32)
+    return out
 
 
 # --- F64 -------------------------------------------------------------------------------------
@@ -189,10 +201,14 @@ def _int_decoder(dtype: str):
 
 
 register(Codec(QType.F32, _f32_decode, _f32_encode, finite_only=False, doc="IEEE binary32, identity"))
-register(Codec(QType.F16, _f16_decode, _f16_encode, finite_only=False, doc="IEEE binary16, ggml rounding"))
+#: the 16-bit float decoders are one pass each: they write into the registry's output, in large chunks
+_DECODE = dict(decode_into=True, decode_chunk_values=1 << 18)
+register(Codec(QType.F16, _f16_decode, _f16_encode, finite_only=False, **_DECODE,
+               doc="IEEE binary16, ggml rounding"))
 register(Codec(QType.I8, _int_decoder("<i1"), None, doc="int8, decode only"))
 register(Codec(QType.I16, _int_decoder("<i2"), None, doc="int16, decode only"))
 register(Codec(QType.I32, _int_decoder("<i4"), None, doc="int32, decode only"))
 register(Codec(QType.I64, _int_decoder("<i8"), None, doc="int64, decode only"))
 register(Codec(QType.F64, _f64_decode, _f64_encode, finite_only=False, doc="IEEE binary64 <-> float32"))
-register(Codec(QType.BF16, _bf16_decode, _bf16_encode, finite_only=False, doc="bfloat16, ggml rounding"))
+register(Codec(QType.BF16, _bf16_decode, _bf16_encode, finite_only=False, **_DECODE,
+               doc="bfloat16, ggml rounding"))
