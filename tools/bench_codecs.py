@@ -8,6 +8,7 @@ For each type, the same float32 input (``--values`` values, normal with a per-ro
 and the resulting bytes decoded by each implementation. Figures are MB/s of float32 (4 bytes per
 value) on the best of ``--repeat`` rounds, followed by qformat's ratio to each other implementation.
 Every round runs each implementation once, in turn, so all of them see the same machine load.
+The last line lists every (type, direction) where qformat is slower than gguf-py (or ``none``).
 ggml is timed through ``qformat._ggml`` (``ggml_quantize_chunk`` without imatrix, i.e.
 ``quantize_row_<t>_ref`` for the k-quants, and ``dequantize_row_<t>``); the ctypes call overhead is
 negligible at this size. An implementation that lacks a direction prints ``n/a``.
@@ -110,12 +111,16 @@ def main(argv=None) -> int:
     head = f"{'type':6} {'dir':6} {'qformat':>9} {'ggml C':>9} {'gguf-py':>9}   {'qf/C':>6} {'qf/gguf':>7}"
     print(head)
     print("-" * len(head))
+    slower = []  # (type, direction, ratio) where qformat is slower than gguf-py
     for name in [t.strip().upper() for t in args.types.split(",") if t.strip()]:
         for tname, direction, r in bench_type(name, x, args.repeat):
             q, c, g = r["qformat"], r["ggml C"], r["gguf-py"]
             rc = f"{q / c:6.2f}" if q and c else "   n/a"
             rg = f"{q / g:7.2f}" if q and g else "    n/a"
             print(f"{tname:6} {direction:6} {_fmt(q)} {_fmt(c)} {_fmt(g)}   {rc} {rg}")
+            if q and g and q < g:
+                slower.append(f"{tname} {direction} {q / g:.2f}x")
+    print("below 1.0x gguf-py: " + (", ".join(slower) if slower else "none"))
     return 0
 
 
