@@ -83,6 +83,12 @@ def _c_int8(v: np.ndarray) -> np.ndarray:
     return i.astype(np.int8)  # integer narrowing keeps the low byte
 
 
+def _to_int8(v: np.ndarray, in_range: bool) -> np.ndarray:
+    """:func:`_c_int8`, taking the direct float -> int8 cast when the caller knows every value is
+    finite and within (-129, 128), where truncation is all C does."""
+    return v.astype(np.int8) if in_range else _c_int8(v)
+
+
 def _roundf(v: np.ndarray) -> np.ndarray:
     """C ``roundf``: to nearest, halves away from zero (exact: ``v - trunc(v)`` is exact in float32)."""
     t = np.trunc(v)
@@ -147,14 +153,13 @@ def _first_hit(xt: np.ndarray, mask: np.ndarray, cols: np.ndarray) -> np.ndarray
 
 def _signed_absmax(xt: np.ndarray) -> np.ndarray:
     """Per block, the first value of largest magnitude with its sign (``+0.0`` for an all-zero block)."""
-    ax = np.abs(xt)
-    amax = ax.max(axis=0)
-    has_pos = (xt == amax).any(axis=0)
-    value = np.where(has_pos, amax, -amax)
-    both = np.flatnonzero(has_pos & (xt == -amax).any(axis=0) & (amax > 0))  # +a and -a tie
+    hi = xt.max(axis=0)
+    lo = xt.min(axis=0)
+    value = np.where(hi >= -lo, hi, lo)  # the larger magnitude wins; a tie is settled below
+    both = np.flatnonzero((hi == -lo) & (hi > 0))  # +a and -a both present: the first one counts
     if both.size:
-        value[both] = _first_hit(xt, ax == amax, both)
-    return np.where(amax > 0, value, f32(0))
+        value[both] = _first_hit(xt, np.abs(xt) == hi, both)
+    return np.where(value != 0, value, f32(0))
 
 
 def _min_max(xt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -190,8 +195,9 @@ def _symmetric_codes(xt: np.ndarray, half: int) -> tuple[np.ndarray, np.ndarray]
     """(d (n,), codes (32, n) uint8) of quantize_row_q4_0_ref (half=8) / q5_0 (half=16)."""
     with np.errstate(over="ignore", invalid="ignore"):
         d = (_signed_absmax(xt) / f32(-half)).astype(np.float32)
-        v = xt * _inverse(d) + f32(half + 0.5)
-    return d, np.minimum(np.int8(2 * half - 1), _c_int8(v)).view(np.uint8)
+        inv = _inverse(d)
+        v = xt * inv + f32(half + 0.5)
+    return d, np.minimum(np.int8(2 * half - 1), _to_int8(v, np.isfinite(inv).all())).view(np.uint8)
 
 
 def _store(d: np.ndarray, m, codes: np.ndarray, five_bit: bool) -> np.ndarray:
@@ -268,8 +274,10 @@ def _affine_codes(x: np.ndarray, nmax: int) -> tuple[np.ndarray, np.ndarray, np.
     lo, hi = _min_max(xt)
     with np.errstate(over="ignore", invalid="ignore"):
         d = ((hi - lo) / f32(nmax)).astype(np.float32)
-        v = (xt - lo) * _inverse(d) + f32(0.5)
-    return d, lo, _c_int8(v)
+        inv = _inverse(d)
+        v = (xt - lo) * inv + f32(0.5)
+    # with d and 1/d finite, x - min <= max - min is finite too, so v is in [0.5, nmax + 1)
+    return d, lo, _to_int8(v, np.isfinite(d).all() and np.isfinite(inv).all())
 
 
 def _encode_q4_1_ref(x: np.ndarray) -> np.ndarray:
