@@ -34,6 +34,7 @@ from qformat.types import QType  # noqa: E402
 #: types benchmarked by default
 TYPES = ["Q2_K", "Q4_K", "Q5_K", "IQ4_NL", "IQ4_XS", "MXFP4", "NVFP4", "TQ1_0", "TQ2_0", "Q3_K", "Q6_K", "Q8_K"]
 TYPES += ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q1_0", "F16", "BF16"]  # legacy blocks and float types
+TYPES += ["IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S", "IQ1_S", "IQ1_M"]  # decode-only in qformat
 #: types ggml_quantize_chunk does not handle (it would abort): ggml's row quantizer is timed instead
 ROW_REF_ONLY = {QType.Q8_K}
 
@@ -78,17 +79,25 @@ def _interleaved_mbps(fns: dict, arg, repeat: int, mb: float) -> dict:
 def bench_type(name: str, x: np.ndarray, repeat: int) -> list[tuple[str, str, dict]]:
     qt = QType[name]
     mb = x.nbytes / 1e6
-    blocks = qformat.quantize(x, qt)
+    encodes = qformat.codecs.can_encode(qt)
+    if encodes:
+        blocks = qformat.quantize(x, qt)
+    elif _ggml.available():  # decode-only here: ggml encodes (these types want an importance matrix)
+        blocks = _ggml.quantize(x, qt, imatrix=np.ones(x.shape[-1], np.float32))
+    else:
+        print(f"{name:7} skipped: qformat cannot encode it and ggml is not installed to make its bytes")
+        return []
     g_enc, g_dec = _gguf_funcs(qt)
     impls = {
-        "qformat": (lambda a: qformat.quantize(a, qt), lambda b: qformat.dequantize(b, qt)),
+        "qformat": ((lambda a: qformat.quantize(a, qt)) if encodes else None, lambda b: qformat.dequantize(b, qt)),
         "ggml C": (((lambda a: _ggml.quantize_row_ref(a, qt)) if qt in ROW_REF_ONLY else
                     (lambda a: _ggml.quantize(a, qt)), lambda b: _ggml.dequantize(b, qt))
                    if _ggml.available() else (None, None)),
         "gguf-py": (g_enc, g_dec),
     }
     rows = []
-    for direction, idx, arg in (("encode", 0, x), ("decode", 1, blocks)):
+    directions = (("encode", 0, x), ("decode", 1, blocks)) if encodes else (("decode", 1, blocks),)
+    for direction, idx, arg in directions:
         res = _interleaved_mbps({k: v[idx] for k, v in impls.items()}, arg, repeat, mb)
         rows.append((name, direction, res))
     return rows
@@ -108,7 +117,7 @@ def main(argv=None) -> int:
     rows = args.values // 4096
     x = (rng.standard_normal((rows, 4096)) * np.exp(rng.standard_normal((rows, 1)))).astype(np.float32)
     print(f"input: {x.size} float32 values ({x.nbytes / 1e6:.1f} MB); MB/s of float32, best of {args.repeat}")
-    head = f"{'type':6} {'dir':6} {'qformat':>9} {'ggml C':>9} {'gguf-py':>9}   {'qf/C':>6} {'qf/gguf':>7}"
+    head = f"{'type':7} {'dir':6} {'qformat':>9} {'ggml C':>9} {'gguf-py':>9}   {'qf/C':>6} {'qf/gguf':>7}"
     print(head)
     print("-" * len(head))
     slower = []  # (type, direction, ratio) where qformat is slower than gguf-py
@@ -117,7 +126,7 @@ def main(argv=None) -> int:
             q, c, g = r["qformat"], r["ggml C"], r["gguf-py"]
             rc = f"{q / c:6.2f}" if q and c else "   n/a"
             rg = f"{q / g:7.2f}" if q and g else "    n/a"
-            print(f"{tname:6} {direction:6} {_fmt(q)} {_fmt(c)} {_fmt(g)}   {rc} {rg}")
+            print(f"{tname:7} {direction:6} {_fmt(q)} {_fmt(c)} {_fmt(g)}   {rc} {rg}")
             if q and g and q < g:
                 slower.append(f"{tname} {direction} {q / g:.2f}x")
     print("below 1.0x gguf-py: " + (", ".join(slower) if slower else "none"))
