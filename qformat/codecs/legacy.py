@@ -196,8 +196,11 @@ def _symmetric_codes(xt: np.ndarray, half: int) -> tuple[np.ndarray, np.ndarray]
     with np.errstate(over="ignore", invalid="ignore"):
         d = (_signed_absmax(xt) / f32(-half)).astype(np.float32)
         inv = _inverse(d)
-        v = xt * inv + f32(half + 0.5)
-    return d, np.minimum(np.int8(2 * half - 1), _to_int8(v, np.isfinite(inv).all())).view(np.uint8)
+        v = xt * inv
+        v += f32(half + 0.5)  # in place: the same two roundings, one array fewer
+    codes = _to_int8(v, np.isfinite(inv).all())
+    np.minimum(codes, np.int8(2 * half - 1), out=codes)
+    return d, codes.view(np.uint8)
 
 
 def _store(d: np.ndarray, m, codes: np.ndarray, five_bit: bool) -> np.ndarray:
@@ -275,7 +278,9 @@ def _affine_codes(x: np.ndarray, nmax: int) -> tuple[np.ndarray, np.ndarray, np.
     with np.errstate(over="ignore", invalid="ignore"):
         d = ((hi - lo) / f32(nmax)).astype(np.float32)
         inv = _inverse(d)
-        v = (xt - lo) * inv + f32(0.5)
+        v = xt - lo
+        v *= inv
+        v += f32(0.5)
     # with d and 1/d finite, x - min <= max - min is finite too, so v is in [0.5, nmax + 1)
     return d, lo, _to_int8(v, np.isfinite(d).all() and np.isfinite(inv).all())
 
