@@ -1,7 +1,9 @@
 """Shared fixtures: where the real data lives, and whether the C reference is installed."""
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -18,6 +20,14 @@ def shared_file(rel: str) -> Path:
     if not p.exists():
         pytest.skip(f"real test data not present: {p} (../shared/data is absent on a fresh clone)")
     return p
+
+
+def load_tool(name: str) -> ModuleType:
+    """A script of tools/ imported from its path (tools/ is not a package), e.g. ``load_tool("gen_imatrix")``."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
 @pytest.fixture(scope="session")

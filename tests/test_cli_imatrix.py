@@ -15,9 +15,8 @@ from qformat.errors import ImatrixMismatch, QFormatError
 from qformat.sources import open_source
 from qformat.stats import recorded_stats
 
-from .conftest import ROOT, shared_file
+from .conftest import ROOT, load_tool, shared_file
 from .test_cli import assert_bad_input, leftovers, run
-from .test_imatrix import _recipe
 
 COMMITTED = ROOT / "tests" / "data" / "imatrix"
 #: the sample's tensors: two fall back Q4_K -> Q5_0 (rows of 384), one is Q4_K, one stays F32
@@ -29,7 +28,7 @@ def _imatrix_for(src, directory, skip=(), seed=5):
     """An imatrix for the 2-D tensors of ``src`` (their real names), in both llama.cpp formats,
     written by tools/gen_imatrix.py's writers from activations drawn like its recipe draws them
     (the committed files name llama.cpp tensors, ``blk.0.*``, which the safetensors sources lack)."""
-    gen = _recipe()
+    gen = load_tool("gen_imatrix")
     rng = np.random.default_rng(seed)
     stats = {}
     with open_source(src) as s:
@@ -79,9 +78,9 @@ def test_sample_with_imatrix_equals_the_weighted_library_encoder(tmp_path, sampl
             assert not np.array_equal(want, qformat.quantize(x[name], qt))
         meta = f.metadata
         assert meta["quantize.imatrix.file"] == str(im)
-        assert meta["quantize.imatrix.dataset"] == _recipe().DATASET
+        assert meta["quantize.imatrix.dataset"] == load_tool("gen_imatrix").DATASET
         assert int(meta["quantize.imatrix.entries_count"]) == 3
-        assert int(meta["quantize.imatrix.chunks_count"]) == _recipe().CHUNKS
+        assert int(meta["quantize.imatrix.chunks_count"]) == load_tool("gen_imatrix").CHUNKS
     r = run("verify", out, "--against", sample_path())
     assert r.returncode == 0 and "PASS: 4/4" in r.stdout, r.stdout + r.stderr
 
@@ -269,7 +268,7 @@ def _bad_imatrix(tmp_path, case):
         return p, "imatrix.datasets"
     if case == "wrong-length":  # a valid file whose entry for the sample's Q4_K tensor is too short
         p = tmp_path / "short.gguf"
-        gen = _recipe()
+        gen = load_tool("gen_imatrix")
         gen.write_gguf(p, {Q4K_TENSOR: (np.ones((1, 512), np.float32), np.ones((1, 512), np.float32),
                                         np.array([1.0], np.float32))})
         return p, "imatrix-mismatch"

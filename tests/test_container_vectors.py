@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import math
 import re
@@ -30,7 +29,7 @@ from hypothesis import strategies as st
 from qformat import errors
 from qformat.types import BLOCK, REMOVED_IDS, TYPE_COUNT, QType
 
-from .conftest import ROOT, SPEC
+from .conftest import ROOT, SPEC, load_tool
 
 
 
@@ -57,17 +56,10 @@ NP_DTYPE = {"UINT8": "u1", "INT8": "i1", "UINT16": "u2", "INT16": "i2", "UINT32"
             "FLOAT32": "f4", "UINT64": "u8", "INT64": "i8", "FLOAT64": "f8"}
 
 
-def _load_generator():
-    spec = importlib.util.spec_from_file_location("gen_container_vectors", ROOT / "tools" / "gen_container_vectors.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 # --- the corpus itself ----------------------------------------------------------------------------
 
 def test_committed_corpus_equals_a_fresh_generation():
-    wanted = _load_generator().generate()
+    wanted = load_tool("gen_container_vectors").generate()
     for rel, data in wanted.items():
         path = ROOT / rel
         assert path.exists(), f"{rel} missing: run tools/gen_container_vectors.py"

@@ -1,7 +1,6 @@
 """qformat.imatrix: llama.cpp's two importance-matrix formats, read strictly, and their use by the encoders."""
 from __future__ import annotations
 
-import importlib.util
 import struct
 from pathlib import Path
 
@@ -17,25 +16,17 @@ from qformat.errors import (
     CodecError, FormatError, ImatrixBadEntry, ImatrixError, ImatrixMismatch, ImatrixTruncated, QFormatError,
 )
 
-from .conftest import ROOT
+from .conftest import ROOT, load_tool
 
 DATA = ROOT / "tests" / "data" / "imatrix"
 DAT = DATA / "imatrix.dat"
 GGUF = DATA / "imatrix.gguf"
 
 
-def _recipe():
-    """tools/gen_imatrix.py, imported from its path (tools/ is not a package)."""
-    spec = importlib.util.spec_from_file_location("gen_imatrix", ROOT / "tools" / "gen_imatrix.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 # --- the committed files ------------------------------------------------------------------------
 
 def test_both_formats_give_the_recipes_mean_squares():
-    gen = _recipe()
+    gen = load_tool("gen_imatrix")
     stats = gen.statistics()
     dat, gguf_ = imatrix.load_file(DAT), imatrix.load_file(GGUF)
     assert set(dat.weights) == set(gguf_.weights) == set(gen.ENTRIES)
@@ -52,7 +43,7 @@ def test_both_formats_give_the_recipes_mean_squares():
 
 
 def test_regenerating_reproduces_the_committed_files(tmp_path):
-    gen = _recipe()
+    gen = load_tool("gen_imatrix")
     stats = gen.statistics()
     gen.write_dat(tmp_path / "a.dat", stats)
     gen.write_gguf(tmp_path / "a.gguf", stats)
@@ -182,7 +173,7 @@ def test_every_truncation_of_the_dat_file_is_a_clean_error(tmp_path):
     data = DAT.read_bytes()
     p = tmp_path / "t.dat"
     # every cut inside the entries or the trailer (cuts exactly at the end of the last entry are valid)
-    end_entries = len(data) - 8 - len(_recipe().DATASET)
+    end_entries = len(data) - 8 - len(load_tool("gen_imatrix").DATASET)
     cuts = sorted(set(range(0, 64)) | set(range(64, len(data), 97)) | {end_entries + 1, end_entries + 5,
                                                                          len(data) - 1})
     for n in cuts:
