@@ -326,24 +326,32 @@ def block_errors(x: np.ndarray, y: np.ndarray, weights: Optional[np.ndarray]) ->
     return np.where(np.isfinite(e), e, np.inf)
 
 
-def encode_best(qtype: QType, x: np.ndarray, weights: Optional[np.ndarray] = None) -> np.ndarray:
-    """Mode ``"best"`` for Q4_K / Q5_K: ``x`` float32 ``(n, 256)`` -> blocks ``uint8 (n, nbytes)``.
+def keep_better(qtype: QType, x: np.ndarray, weights: Optional[np.ndarray], ours: np.ndarray,
+                ggml_blocks: np.ndarray) -> np.ndarray:
+    """Per block, the search's bytes where they decode (through the registered, ggml-identical
+    decoder) with strictly lower (weighted) squared error than ggml's own block, else ggml's: so no
+    block of mode "best" is ever worse than the reference."""
+    from ..codecs import REGISTRY  # the codec registry imports this module lazily; avoid a cycle
 
-    Each output block is ggml's own block for that super-block or the search's, whichever decodes
-    (through the registered, ggml-identical decoder) with the lower (weighted) squared error.
+    decode = REGISTRY[QType(qtype)].decode
+    better = block_errors(x, decode(ours), weights) < block_errors(x, decode(ggml_blocks), weights)
+    return np.where(better[:, None], ours, ggml_blocks)
+
+
+def encode_best(qtype: QType, x: np.ndarray, weights: Optional[np.ndarray] = None) -> np.ndarray:
+    """Mode ``"best"`` for Q4_K / Q5_K / Q2_K: ``x`` float32 ``(n, 256)`` -> blocks ``uint8 (n, nbytes)``.
+
+    Each output block is ggml's own block for that super-block or the search's (:func:`keep_better`).
     """
     from ..codecs import REGISTRY  # the codec registry imports this module lazily; avoid a cycle
 
     qtype = QType(qtype)
-    codec = REGISTRY[qtype]
-    ggml_blocks = codec.encode(x, mode="ggml", weights=weights)
+    ggml_blocks = REGISTRY[qtype].encode(x, mode="ggml", weights=weights)
     lay = dict(_LAYOUT[qtype])
     nmax = lay.pop("nmax")
     lay.pop("nbytes")
     d, dmin, sc, m, codes, _ = search_scale_min(x, nmax, weights, **lay)
-    ours = pack_blocks(qtype, d, dmin, sc, m, codes)
-    better = block_errors(x, codec.decode(ours), weights) < block_errors(x, codec.decode(ggml_blocks), weights)
-    return np.where(better[:, None], ours, ggml_blocks)
+    return keep_better(qtype, x, weights, pack_blocks(qtype, d, dmin, sc, m, codes), ggml_blocks)
 
 
 # ==== Q4_1 / Q5_1: one fp16 scale and one fp16 minimum per block of 32 =============================
@@ -381,15 +389,12 @@ def encode_best_affine(qtype: QType, x: np.ndarray, weights: Optional[np.ndarray
                        ggml_blocks: np.ndarray) -> np.ndarray:
     """Mode ``"best"`` for Q4_1 / Q5_1 given ggml's own blocks for ``x`` (n, 32) (the caller encodes
     them, with the importance weights if any): the search's block where it decodes strictly better."""
-    from ..codecs import REGISTRY
     from ..codecs.legacy import _store  # the one Q4_1/Q5_1 block packer
 
     qtype = QType(qtype)
     d, m, codes = search_affine(x, _AFFINE[qtype], weights)
     ours = _store(d, m, np.ascontiguousarray(codes.T), five_bit=qtype == QType.Q5_1)
-    decode = REGISTRY[qtype].decode
-    better = block_errors(x, decode(ours), weights) < block_errors(x, decode(ggml_blocks), weights)
-    return np.where(better[:, None], ours, ggml_blocks)
+    return keep_better(qtype, x, weights, ours, ggml_blocks)
 
 
 # ==== Q6_K and Q3_K: one fp16 d, sixteen signed sub-block scales, signed codes =====================
@@ -495,7 +500,6 @@ def search_q6_k(x: np.ndarray, weights: Optional[np.ndarray] = None):
 
 def encode_best_symmetric(qtype: QType, x: np.ndarray, weights: Optional[np.ndarray], ggml_encode) -> np.ndarray:
     """Mode ``"best"`` for Q6_K / Q3_K; ``ggml_encode()`` returns ggml's own blocks for ``x`` (n, 256)."""
-    from ..codecs import REGISTRY
     from ..codecs.kquants_sym import q3_k_pack, q6_k_pack
 
     qtype = QType(qtype)
@@ -506,9 +510,7 @@ def encode_best_symmetric(qtype: QType, x: np.ndarray, weights: Optional[np.ndar
         ours = q6_k_pack(levels, sc.astype(np.int8), fp32_to_fp16_bits(d))
     else:  # Q3_K stores each scale + 32 as a 6-bit code
         ours = q3_k_pack(levels, (sc + 32).astype(np.uint8), fp32_to_fp16_bits(d))
-    decode = REGISTRY[qtype].decode
-    better = block_errors(x, decode(ours), weights) < block_errors(x, decode(ggml_blocks), weights)
-    return np.where(better[:, None], ours, ggml_blocks)
+    return keep_better(qtype, x, weights, ours, ggml_blocks)
 
 
 def encode_best_q6_k(x: np.ndarray, weights: Optional[np.ndarray], ggml_encode) -> np.ndarray:
