@@ -226,3 +226,37 @@ def test_q6_k_search_fields_pack_losslessly():
     y = qformat.dequantize(q6_k_pack(levels, sc, fp32_to_fp16_bits(d)), "Q6_K").reshape(16, 16, 16)
     expect = (d[:, None, None] * sc[:, :, None].astype(np.float32)) * (levels.reshape(16, 16, 16).astype(np.float32) - 32)
     np.testing.assert_array_equal(y, expect.astype(np.float32))
+
+
+def test_refit_picks_the_best_fp16_pair_for_its_codes():
+    """Step 3b scores the rounded least-squares (d, dmin) and its one-ulp neighbours: for the codes it
+    fits, the pair it returns is never worse than rounding each coordinate, and sometimes better."""
+    x = _sample("normal", np.random.default_rng(21), 256 * 256, 1.0).reshape(256, 256)
+    xt = np.ascontiguousarray(x.T).reshape(8, 32, 256)
+    d, dmin, sc, m, _, _ = best.search_scale_min(x, 15, refits=1)
+    d, dmin, sc, m = d.astype(np.float32), dmin.astype(np.float32), sc.T.astype(np.float32), m.T.astype(np.float32)
+    q = np.empty_like(xt)
+    d_new, dmin_new = best._refit_d_dmin(xt, None, 15, d, dmin, sc, m, q)  # leaves the codes it fitted in q
+    x64, q64, sc64, m64 = (v.astype(np.float64) for v in (xt, q, sc, m))
+    a, b = sc64[:, None] * q64, np.broadcast_to(m64[:, None], q64.shape)
+    saa, sab, sbb = (a * a).sum(axis=(0, 1)), (a * b).sum(axis=(0, 1)), (b * b).sum(axis=(0, 1))
+    sax, sbx = (a * x64).sum(axis=(0, 1)), (b * x64).sum(axis=(0, 1))
+    det = saa * sbb - sab * sab  # least squares for x ~= d*a - dmin*b, solved independently here
+    plain_d = ((sbb * sax - sab * sbx) / det).astype(np.float16).astype(np.float64)
+    plain_m = ((sab * sax - saa * sbx) / det).astype(np.float16).astype(np.float64)
+
+    def err(dd, mm):
+        return ((dd * a - mm * b - x64) ** 2).sum(axis=(0, 1))
+
+    ours, plain = err(d_new.astype(np.float64), dmin_new.astype(np.float64)), err(plain_d, plain_m)
+    assert (ours <= plain * (1 + 1e-12)).all()
+    assert (ours < plain * (1 - 1e-9)).any()
+
+
+@pytest.mark.parametrize("kind", ["normal", "t3", "mixed_scales"])
+def test_second_refit_round_never_loses_per_superblock(kind):
+    x = _sample(kind, np.random.default_rng(22), 128 * 256, 1.0).reshape(128, 256)
+    one = best.search_scale_min(x, 15, refits=1)[5]
+    two = best.search_scale_min(x, 15, refits=2)[5]
+    assert (two <= one).all()
+    assert two.sum() < one.sum()

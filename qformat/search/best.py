@@ -33,8 +33,10 @@ here (all of it vectorized over sub-blocks, no Python loop over blocks):
    that, and the pair with the least predicted increase wins.
 3. Exact search around it: each sub-block tries its (sc, m) and the 4 unit moves with freshly rounded
    codes and keeps the lowest error; then ``(d, dmin)`` is refit jointly by least squares given all
-   integer scales, mins and codes (a 2x2 system per super-block) and rounded to fp16, and each
-   sub-block tries its (sc, m) and all 8 neighbours again.
+   integer scales, mins and codes (a 2x2 system per super-block), the fp16 pair nearest the optimum
+   and its 8 one-ulp neighbours are scored exactly for those codes and the best kept, and each
+   sub-block tries its (sc, m) and all 8 neighbours again. Q4_K runs a second such round (refit,
+   then the 5 unit moves): codes and scales alternate once more.
 4. Keep, per super-block, the best of these candidates and of ggml's block.
 
 Arrays in the search are laid out ``(8, 32, n)`` -- sub-block, position, super-block -- so every step
@@ -65,7 +67,10 @@ _TRIALS = ((0.4, -0.2), (0.2, 0.2), (0.3, -0.4), (-0.6, -0.2), (0.3, 0.0), (0.2,
            (-0.7, 0.0), (-0.9, -0.2), (0.7, 0.0), (-0.1, 0.1), (-1.9, 0.0), (0.8, -0.4), (-1.3, 0.1),
            (-0.3, 0.0), (0.2, 0.3), (-1.7, -0.4), (0.6, -0.5), (0.7, -0.2), (0.0, 0.2), (-0.2, -0.2),
            (-0.3, 0.1), (-1.2, 0.2), (0.6, -0.4), (-1.2, -0.2), (-1.7, -0.2), (0.4, 0.3), (-3.0, 0.0),
-           (0.7, -0.1), (-1.1, 0.3))
+           (0.7, -0.1), (-1.1, 0.3),
+           # six more, greedy from the same grid continuing from the 30 above, picked on a fresh sample
+           # (N(0,1), Laplace, Student-t(4), 256k values each, seed 7)
+           (-1.8, 0.1), (0.2, -0.5), (-0.3, 0.3), (-0.4, -0.4), (0.3, -0.1), (0.5, -0.5))
 
 #: trials scored together on a leading axis (a (G, 8, 32, n) float32 block; 1.5 MB for a chunk)
 _GROUP = 6
@@ -81,7 +86,7 @@ _NEIGHBOURS = ((0, 0), (1, 0), (-1, 0), (0, 1), (0, -1), (1, 1), (-1, -1), (1, -
 #: ``trials`` (how many of _TRIALS) and ``grid`` set the effort: Q5_K's finer codes leave its error
 #: far below the target with less search, so it spends less (tools/bench_quality.py measures both).
 _LAYOUT = {
-    QType.Q4_K: dict(nmax=15, nbytes=144, trials=30, grid=8),
+    QType.Q4_K: dict(nmax=15, nbytes=144, trials=36, grid=8, refits=2),
     QType.Q5_K: dict(nmax=31, nbytes=176, trials=12, grid=6),
     QType.Q2_K: dict(nmax=3, nbytes=84, grid=8, groups=16, smax=15,
                      trials=tuple((a, f) for a in (-1.2, -0.9, -0.6, -0.3, 0.0, 0.3, 0.6) for f in (-0.4, -0.1, 0.2))),
@@ -217,8 +222,18 @@ def _refit_d_dmin(x, w, nmax, d, dmin, sc, m, q):
     det = saa * sbb - sab * sab
     d_new = np.where(sbb == 0, sax / saa, (sbb * sax - sab * sbx) / det)
     dmin_new = np.where(sbb == 0, 0.0, (sab * sax - saa * sbx) / det)
-    d_new, dmin_new = _f16(d_new), _f16(dmin_new)
-    usable = np.isfinite(d_new) & np.isfinite(dmin_new) & (d_new > 0) & (dmin_new >= 0)
+    # Rounding the optimum to fp16 coordinate by coordinate need not give the best fp16 pair (the
+    # error is a tilted quadratic): score the rounded pair and its 8 one-ulp neighbours exactly for
+    # these codes, err - sum(w x^2) = a^2 Saa + 2 a b Sab + b^2 Sbb - 2 a Sax - 2 b Sbx, b = -dmin.
+    h = _f16(d_new).astype(np.float16), _f16(dmin_new).astype(np.float16)
+    steps = [(v, np.nextafter(v, np.float16(np.inf)), np.nextafter(v, np.float16(-np.inf))) for v in h]
+    cand_d = np.stack([a for a in steps[0] for _ in range(3)]).astype(f64)  # (9, n)
+    cand_m = np.stack([b for _ in range(3) for b in steps[1]]).astype(f64)
+    cost = cand_d * (cand_d * saa - 2 * sax) + cand_m * (cand_m * sbb + 2 * sbx) - 2 * cand_d * cand_m * sab
+    usable = np.isfinite(cost) & (cand_d > 0) & (cand_m >= 0)
+    k = np.argmin(np.where(usable, cost, np.inf), axis=0)[None]
+    d_new, dmin_new = (np.take_along_axis(v, k, axis=0)[0].astype(_F32) for v in (cand_d, cand_m))
+    usable = np.take_along_axis(usable, k, axis=0)[0]
     return np.where(usable, d_new, d), np.where(usable, dmin_new, dmin)
 
 
@@ -264,13 +279,15 @@ def _model_start(s, mn, curv, grid: int, smax: int = 63):
 
 
 def search_scale_min(x: np.ndarray, nmax: int, weights: Optional[np.ndarray] = None, *,
-                     trials=len(_TRIALS), grid: int = 8, groups: int = 8, smax: int = 63):
+                     trials=len(_TRIALS), grid: int = 8, groups: int = 8, smax: int = 63, refits: int = 1):
     """Steps 1-3 on super-blocks ``x`` float32 ``(n, 256)``.
 
     Returns ``(d, dmin, sc, m, codes, err)``: ``d``/``dmin`` float32 ``(n,)`` holding fp16 values,
     ``sc``/``m`` uint8 ``(n, groups)`` (at most ``smax``), codes uint8 ``(n, 256)`` and the
     (weighted) squared error per super-block as the search measured it. ``trials`` is a count of
-    :data:`_TRIALS` or a sequence of (a, f) trials; Q2_K uses ``groups=16, smax=15``.
+    :data:`_TRIALS` or a sequence of (a, f) trials; Q2_K uses ``groups=16, smax=15``. ``refits``
+    rounds of step 3b (refit ``(d, dmin)``, then search the sub-blocks' (sc, m) again) alternate codes
+    and scales; each round's result is kept per super-block only where it lowers the error.
     """
     n = x.shape[0]
     shape = (groups, 256 // groups, n)
@@ -283,12 +300,13 @@ def search_scale_min(x: np.ndarray, nmax: int, weights: Optional[np.ndarray] = N
         d, dmin, sc, m = _model_start(s, mn, curv, grid, smax)
         sc, m, err = _neighbour_search(xt, wt, nmax, d, dmin, sc, m, _NEIGHBOURS[:5], smax)
         best = (d, dmin, sc, m, err.sum(axis=0))
-        d, dmin = _refit_d_dmin(xt, wt, nmax, d, dmin, sc, m, q)
-        sc, m, err = _neighbour_search(xt, wt, nmax, d, dmin, sc, m, _NEIGHBOURS, smax)
-        total = err.sum(axis=0)
-        better = total < best[4]  # the refit can lose after fp16 rounding: keep the better per super-block
-        best = tuple(np.where(better, c, bc) for c, bc in zip((d, dmin, sc, m, total), best))
-        d, dmin, sc, m, total = best
+        for moves in (_NEIGHBOURS,) + (_NEIGHBOURS[:5],) * (refits - 1):  # later rounds move less
+            d, dmin = _refit_d_dmin(xt, wt, nmax, d, dmin, sc, m, q)
+            sc, m, err = _neighbour_search(xt, wt, nmax, d, dmin, sc, m, moves, smax)
+            total = err.sum(axis=0)
+            better = total < best[4]  # the refit can lose after fp16 rounding: keep the better per super-block
+            best = tuple(np.where(better, c, bc) for c, bc in zip((d, dmin, sc, m, total), best))
+            d, dmin, sc, m, total = best
         _round_codes(xt, d * sc, dmin * m, nmax, q)
         q, sc, m = np.nan_to_num(q), np.nan_to_num(sc), np.nan_to_num(m)  # overflowed candidates lose anyway
     codes = q.reshape(256, n).T.astype(np.uint8)
@@ -370,7 +388,7 @@ def search_affine(x: np.ndarray, nmax: int, weights: Optional[np.ndarray] = None
     xt = np.ascontiguousarray(x.T, dtype=_F32).reshape(1, 32, n)
     wt = None if weights is None else np.ascontiguousarray(weights.T, dtype=_F32).reshape(1, 32, n)
     with np.errstate(all="ignore"):
-        s, b, _ = _fit_subblocks(xt, wt, nmax, len(_TRIALS), offset_le_0=False)
+        s, b, _ = _fit_subblocks(xt, wt, nmax, 30, offset_le_0=False)  # the first 30 trials suffice here
         d16, m16 = s.astype(np.float16), b.astype(np.float16)
         steps = [d16, np.nextafter(d16, np.float16(np.inf)), np.nextafter(d16, np.float16(-np.inf))]
         msteps = [m16, np.nextafter(m16, np.float16(np.inf)), np.nextafter(m16, np.float16(-np.inf))]
