@@ -28,9 +28,9 @@ here (all of it vectorized over sub-blocks, no Python loop over blocks):
 2. Choose fp16 ``d``, ``dmin`` and the 6-bit ``sc``, ``m`` with a quadratic model of the error: for
    fixed codes, moving a sub-block's (scale, offset) by (ds, db) from its least-squares optimum adds
    ``ds^2 Sqq + 2 ds db Sq + db^2 Sw``. Candidates are 8 x 8 small stretches of ``max(s)/63`` and
-   ``max(-b)/63`` (6 x 6 for Q5_K; each lands the 6-bit grids at another phase against the sub-blocks' ideal
-   values); each sub-block takes the better of floor/ceil for ``sc`` and the nearest ``m`` given
-   that, and the pair with the least predicted increase wins.
+   ``max(-b)/63`` over 0-12% (6 x 6 over 0-6% for Q5_K; each lands the 6-bit grids at another phase
+   against the sub-blocks' ideal values); each sub-block takes the better of floor/ceil for ``sc``
+   and the nearest ``m`` given that, and the pair with the least predicted increase wins.
 3. Exact search around it: each sub-block tries its (sc, m) and the 4 unit moves with freshly rounded
    codes and keeps the lowest error; then ``(d, dmin)`` is refit jointly by least squares given all
    integer scales, mins and codes (a 2x2 system per super-block), the fp16 pair nearest the optimum
@@ -76,7 +76,7 @@ _TRIALS = ((0.4, -0.2), (0.2, 0.2), (0.3, -0.4), (-0.6, -0.2), (0.3, 0.0), (0.2,
 _GROUP = 6
 
 #: Stretches of d = max(s)/63 and dmin = max(-b)/63 tried by the model of step 2: ``grid`` values
-#: evenly spread over [0, 6%] for each (grid x grid pairs).
+#: evenly spread over [0, span] for each (grid x grid pairs); 6% unless the type sets ``span``.
 _STRETCH_SPAN = 0.06
 
 #: Integer moves of (sc, m) tried in step 3: the first 5 (stay and unit moves), then all 9.
@@ -86,7 +86,7 @@ _NEIGHBOURS = ((0, 0), (1, 0), (-1, 0), (0, 1), (0, -1), (1, 1), (-1, -1), (1, -
 #: ``trials`` (how many of _TRIALS) and ``grid`` set the effort: Q5_K's finer codes leave its error
 #: far below the target with less search, so it spends less (tools/bench_quality.py measures both).
 _LAYOUT = {
-    QType.Q4_K: dict(nmax=15, nbytes=144, trials=36, grid=8, refits=2),
+    QType.Q4_K: dict(nmax=15, nbytes=144, trials=36, grid=8, refits=2, span=0.12),
     QType.Q5_K: dict(nmax=31, nbytes=176, trials=12, grid=6),
     QType.Q2_K: dict(nmax=3, nbytes=84, grid=8, groups=16, smax=15,
                      trials=tuple((a, f) for a in (-1.2, -0.9, -0.6, -0.3, 0.0, 0.3, 0.6) for f in (-0.4, -0.1, 0.2))),
@@ -237,7 +237,7 @@ def _refit_d_dmin(x, w, nmax, d, dmin, sc, m, q):
     return np.where(usable, d_new, d), np.where(usable, dmin_new, dmin)
 
 
-def _model_start(s, mn, curv, grid: int, smax: int = 63):
+def _model_start(s, mn, curv, grid: int, smax: int = 63, span: float = _STRETCH_SPAN):
     """Step 2: fp16 d, dmin and 6-bit sc, m per super-block from a quadratic error model.
 
     For fixed codes, moving a sub-block's (scale, offset) by (ds, db) away from its least-squares
@@ -251,7 +251,7 @@ def _model_start(s, mn, curv, grid: int, smax: int = 63):
     f = _F32
     n = s.shape[1]
     sw, sq, sqq = curv
-    stretch = 1 + np.linspace(0, _STRETCH_SPAN, grid, dtype=f)[:, None]
+    stretch = 1 + np.linspace(0, span, grid, dtype=f)[:, None]
     d1 = _f16(s.max(axis=0) / f(smax) * stretch)[:, None, :]  # (grid, 1, n)
     m1 = _f16(mn.max(axis=0) / f(smax) * stretch)[:, None, :]
     dmin = np.tile(m1, (grid, 1, 1))  # pair k = (d1[k // grid], m1[k % grid])
@@ -279,7 +279,8 @@ def _model_start(s, mn, curv, grid: int, smax: int = 63):
 
 
 def search_scale_min(x: np.ndarray, nmax: int, weights: Optional[np.ndarray] = None, *,
-                     trials=len(_TRIALS), grid: int = 8, groups: int = 8, smax: int = 63, refits: int = 1):
+                     trials=len(_TRIALS), grid: int = 8, groups: int = 8, smax: int = 63, refits: int = 1,
+                     span: float = _STRETCH_SPAN):
     """Steps 1-3 on super-blocks ``x`` float32 ``(n, 256)``.
 
     Returns ``(d, dmin, sc, m, codes, err)``: ``d``/``dmin`` float32 ``(n,)`` holding fp16 values,
@@ -287,7 +288,8 @@ def search_scale_min(x: np.ndarray, nmax: int, weights: Optional[np.ndarray] = N
     (weighted) squared error per super-block as the search measured it. ``trials`` is a count of
     :data:`_TRIALS` or a sequence of (a, f) trials; Q2_K uses ``groups=16, smax=15``. ``refits``
     rounds of step 3b (refit ``(d, dmin)``, then search the sub-blocks' (sc, m) again) alternate codes
-    and scales; each round's result is kept per super-block only where it lowers the error.
+    and scales; each round's result is kept per super-block only where it lowers the error. ``span``:
+    the stretches of step 2 cover [0, span].
     """
     n = x.shape[0]
     shape = (groups, 256 // groups, n)
@@ -297,7 +299,7 @@ def search_scale_min(x: np.ndarray, nmax: int, weights: Optional[np.ndarray] = N
         s, b, curv = _fit_subblocks(xt, wt, nmax, trials)
         mn = -b
         q = np.empty_like(xt)
-        d, dmin, sc, m = _model_start(s, mn, curv, grid, smax)
+        d, dmin, sc, m = _model_start(s, mn, curv, grid, smax, span)
         sc, m, err = _neighbour_search(xt, wt, nmax, d, dmin, sc, m, _NEIGHBOURS[:5], smax)
         best = (d, dmin, sc, m, err.sum(axis=0))
         for moves in (_NEIGHBOURS,) + (_NEIGHBOURS[:5],) * (refits - 1):  # later rounds move less
