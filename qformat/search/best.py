@@ -85,8 +85,10 @@ _NEIGHBOURS = ((0, 0), (1, 0), (-1, 0), (0, 1), (0, -1), (1, 1), (-1, -1), (1, -
 #: Per type: code maximum and where the fields sit in a block (see spec/codecs/q4_k.md, q5_k.md).
 #: ``trials`` (how many of _TRIALS) and ``grid`` set the effort: Q5_K's finer codes leave its error
 #: far below the target with less search, so it spends less (tools/bench_quality.py measures both).
+#: Q4_K's second refit round makes unit moves before the first refit worthless (no bench figure moved
+#: by more than 0.0001), so it only scores the model's pick there (``first_moves=1``).
 _LAYOUT = {
-    QType.Q4_K: dict(nmax=15, nbytes=144, trials=36, grid=8, refits=2, span=0.12),
+    QType.Q4_K: dict(nmax=15, nbytes=144, trials=36, grid=8, refits=2, span=0.12, first_moves=1),
     QType.Q5_K: dict(nmax=31, nbytes=176, trials=12, grid=6),
     QType.Q2_K: dict(nmax=3, nbytes=84, grid=8, groups=16, smax=15,
                      trials=tuple((a, f) for a in (-1.2, -0.9, -0.6, -0.3, 0.0, 0.3, 0.6) for f in (-0.4, -0.1, 0.2))),
@@ -280,7 +282,7 @@ def _model_start(s, mn, curv, grid: int, smax: int = 63, span: float = _STRETCH_
 
 def search_scale_min(x: np.ndarray, nmax: int, weights: Optional[np.ndarray] = None, *,
                      trials=len(_TRIALS), grid: int = 8, groups: int = 8, smax: int = 63, refits: int = 1,
-                     span: float = _STRETCH_SPAN):
+                     span: float = _STRETCH_SPAN, first_moves: int = 5):
     """Steps 1-3 on super-blocks ``x`` float32 ``(n, 256)``.
 
     Returns ``(d, dmin, sc, m, codes, err)``: ``d``/``dmin`` float32 ``(n,)`` holding fp16 values,
@@ -289,7 +291,8 @@ def search_scale_min(x: np.ndarray, nmax: int, weights: Optional[np.ndarray] = N
     :data:`_TRIALS` or a sequence of (a, f) trials; Q2_K uses ``groups=16, smax=15``. ``refits``
     rounds of step 3b (refit ``(d, dmin)``, then search the sub-blocks' (sc, m) again) alternate codes
     and scales; each round's result is kept per super-block only where it lowers the error. ``span``:
-    the stretches of step 2 cover [0, span].
+    the stretches of step 2 cover [0, span]. ``first_moves``: how many of :data:`_NEIGHBOURS` the
+    exact pass before the first refit tries (1: only score the model's pick).
     """
     n = x.shape[0]
     shape = (groups, 256 // groups, n)
@@ -300,10 +303,7 @@ def search_scale_min(x: np.ndarray, nmax: int, weights: Optional[np.ndarray] = N
         mn = -b
         q = np.empty_like(xt)
         d, dmin, sc, m = _model_start(s, mn, curv, grid, smax, span)
-        # with two or more refit rounds, unit moves around the model's pick gain nothing measurable
-        # before the first refit (Q4_K: same MSE to 4 digits on the bench sets): only score the pick
-        first = _NEIGHBOURS[:1] if refits > 1 else _NEIGHBOURS[:5]
-        sc, m, err = _neighbour_search(xt, wt, nmax, d, dmin, sc, m, first, smax)
+        sc, m, err = _neighbour_search(xt, wt, nmax, d, dmin, sc, m, _NEIGHBOURS[:first_moves], smax)
         best = (d, dmin, sc, m, err.sum(axis=0))
         for moves in (_NEIGHBOURS,) + (_NEIGHBOURS[:5],) * (refits - 1):  # later rounds move less
             d, dmin = _refit_d_dmin(xt, wt, nmax, d, dmin, sc, m, q)
