@@ -162,9 +162,10 @@ anchors every trial grid at the minimum; here a greedy set of 2-D trial grids pl
 then a quadratic model of the error picks, among 8 x 8 small stretches of `d` and `dmin`, the pair
 whose 6-bit grids land best on the sub-blocks' ideal scales and offsets; then an exact search of
 each sub-block's 6-bit scale/min and their neighbours with fresh codes, around a joint
-least-squares refit of the fp16 `d`/`dmin`. Q4_1/Q5_1 (whose ggml reference encoder is a plain
-min/max, no search) get the same sub-block fit, with an unconstrained fp16 minimum and a +-1 fp16-step
-search of `d` and `m`. Q6_K and Q3_K: a least-squares scale per 16-value sub-block under the true objective
+least-squares refit of the fp16 `d`/`dmin` (the rounded optimum and its 8 one-ulp neighbours scored
+exactly for the codes; Q4_K alternates codes and scales for a second round, and its stretches span
+0-12%). Q4_1/Q5_1 (whose ggml reference encoder is a plain min/max, no search) get the same
+sub-block fit, with an unconstrained fp16 minimum and a +-1 fp16-step search of `d` and `m`. Q6_K and Q3_K: a least-squares scale per 16-value sub-block under the true objective
 (ggml weights its fit by `x*x`), `d` chosen by the same kind of model, the signed scales searched +-1
 around a least-squares refit of `d`. Q2_K runs the Q4_K search on its 16 sub-blocks of 16 with 4-bit
 scales and mins (ggml's Q2_K fits by weighted absolute error, so the squared error has much to gain).
@@ -192,7 +193,8 @@ Importance matrices from llama.cpp: `qformat.imatrix.load(path)` reads both form
 writes -- the legacy `imatrix.dat` and the GGUF imatrix (`<tensor>.in_sum2` / `<tensor>.counts`) -- into
 `{{tensor_name: per-column weights}}` exactly as `llama-quantize` derives them, with strict
 validation (`qformat.errors.ImatrixError` subclasses naming the byte offset);
-`qformat.imatrix.weights_for(m, name, n_cols)` gives the vector for one tensor.
+`qformat.imatrix.weights_for(m, name, shape)` gives the weights for one tensor (`(n,)`, or
+`(n_exp, n)` for an expert tensor), and `qformat encode --imatrix FILE` applies them.
 """
 
 
